@@ -1,0 +1,5 @@
+"""`python -m nodefleet` runs the command-line interface."""
+
+from nodefleet.cli import main
+
+main()

@@ -1,0 +1,227 @@
+"""The `nodefleet` command: a thin layer that parses options, calls the library and renders its results."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from nodefleet import __version__
+from nodefleet.errors import NodefleetError
+from nodefleet.inventory import Inventory, load_inventory
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from nodefleet.fleet import FleetReport
+
+T = TypeVar("T")
+_STATUS_STYLE = {"healthy": "green", "failed": "bold red", "disabled": "dim", "removed": "yellow"}
+
+
+@functools.cache
+def _console(err: bool = False) -> Console:
+    # rich is imported on first output only, so `nodefleet --help` stays fast.
+    from rich.console import Console
+
+    return Console(stderr=err, soft_wrap=True)
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="nodefleet: %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # asyncssh logs every packet at debug; its auth messages are not for the default output.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
+
+
+def _load(path: str) -> Inventory:
+    return load_inventory(Path(path))
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, str], None]]:
+    """A one-line spinner on stderr showing the latest step per host, only on a terminal."""
+    stderr = _console(err=True)
+    if not enabled or not stderr.is_terminal:
+        yield lambda _host, _message: None
+        return
+    latest: dict[str, str] = {}
+    with stderr.status("starting") as spinner:
+
+        def update(host: str, message: str) -> None:
+            latest[host] = message
+            spinner.update("  ".join(f"{name}: {step}" for name, step in list(latest.items())[-4:]))
+
+        yield update
+
+
+def _render(report: FleetReport, as_json: bool) -> None:
+    from rich.table import Table
+
+    stdout = _console()
+    if as_json:
+        stdout.out(json.dumps(report.as_json(), indent=2), highlight=False)
+        return
+    table = Table(title=f"builder {report.builder} — {report.command}", title_justify="left")
+    for column in ("host", "address", "platform", "pinned", "engine", "BuildKit", "action", "status", "s"):
+        table.add_column(column, justify="right" if column == "s" else "left")
+    for host in report.hosts:
+        style = _STATUS_STYLE.get(host.status, "")
+        table.add_row(
+            host.name,
+            host.address,
+            host.platform or "-",
+            ",".join(host.pinned) or ("standby" if host.role == "standby" else "-"),
+            host.engine or "-",
+            host.buildkit or "-",
+            host.action if host.action != "none" else "-",
+            f"[{style}]{host.status}[/]" if style else host.status,
+            f"{host.seconds:.1f}",
+        )
+    stdout.print(table)
+    for host in report.hosts:
+        if host.error:
+            stdout.print(f"[red]{host.name}[/]: {host.error}", highlight=False)
+        elif host.changes:
+            stdout.print(f"{host.name}: {'; '.join(host.changes)}", highlight=False)
+    for note in report.notes:
+        stdout.print(f"note: {note}", highlight=False)
+    healthy = sum(1 for host in report.hosts if host.status == "healthy")
+    failed = sum(1 for host in report.hosts if host.status == "failed")
+    summary = f"{healthy} healthy, {failed} failed"
+    if report.command == "up":
+        summary += ", builder changed" if report.changed else ", no change"
+    stdout.print(f"{summary} ({report.seconds:.1f} s)", highlight=False)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one red line to stderr and exit."""
+    _console(err=True).print(f"[bold red]nodefleet:[/] {message}", highlight=False, markup=True)
+    raise SystemExit(code)
+
+
+inventory_option = click.option(
+    "-i",
+    "--inventory",
+    "inventory_path",
+    default=lambda: os.environ.get("NODEFLEET_INVENTORY", "inventory.toml"),
+    show_default="inventory.toml or $NODEFLEET_INVENTORY",
+    help="The inventory file.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print versioned JSON on stdout.")
+parallel_option = click.option(
+    "--parallel",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Hosts worked on at once (default: inventory).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nodefleet")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Native multi-architecture builds: one buildx builder, one node per host, no QEMU."""
+    _configure_logging(verbose)
+
+
+@cli.command()
+@inventory_option
+@json_option
+@parallel_option
+@click.option(
+    "--accept-new-host-keys",
+    is_flag=True,
+    help="Trust and record the SSH host key of hosts not yet in known_hosts (a changed key is always refused).",
+)
+def up(inventory_path: str, as_json: bool, parallel: int | None, accept_new_host_keys: bool) -> None:
+    """Prepare every host and reconcile the builder, then health-check every node."""
+    from nodefleet import fleet
+    from nodefleet.ssh import HostKeyPolicy
+
+    inventory = _load(inventory_path)
+    policy = HostKeyPolicy.ACCEPT_NEW if accept_new_host_keys else HostKeyPolicy.STRICT
+    with _progress(not as_json) as progress:
+        report = _run(
+            fleet.up(inventory, fleet.FleetOptions(parallel=parallel, host_key_policy=policy, progress=progress))
+        )
+    _render(report, as_json)
+    raise SystemExit(report.exit_code)
+
+
+@cli.command()
+@inventory_option
+@json_option
+@parallel_option
+def status(inventory_path: str, as_json: bool, parallel: int | None) -> None:
+    """Show every host's and node's health, changing nothing."""
+    from nodefleet import fleet
+
+    inventory = _load(inventory_path)
+    report = _run(fleet.status(inventory, fleet.FleetOptions(parallel=parallel)))
+    _render(report, as_json)
+    raise SystemExit(report.exit_code)
+
+
+@cli.command()
+@inventory_option
+@json_option
+@parallel_option
+@click.option("--keep-state", is_flag=True, help="Keep the BuildKit state volumes (build cache) on the hosts.")
+def down(inventory_path: str, as_json: bool, parallel: int | None, keep_state: bool) -> None:
+    """Remove the builder and the BuildKit containers nodefleet made on the hosts."""
+    from nodefleet import fleet
+
+    inventory = _load(inventory_path)
+    report = _run(fleet.down(inventory, fleet.FleetOptions(parallel=parallel, keep_state=keep_state)))
+    _render(report, as_json)
+    raise SystemExit(report.exit_code)
+
+
+@cli.group("inventory")
+def inventory_group() -> None:
+    """Check or export the inventory."""
+
+
+@inventory_group.command("check")
+@inventory_option
+def inventory_check(inventory_path: str) -> None:
+    """Validate the inventory without contacting any host."""
+    inventory = _load(inventory_path)
+    enabled = len(inventory.enabled_hosts)
+    _console().print(f"{inventory.path}: builder {inventory.builder}, {len(inventory.hosts)} hosts ({enabled} enabled)")
+
+
+def main() -> None:
+    """Entry point: errors become one line on stderr and an exit code, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        fail("aborted", 130)
+    except click.ClickException as exc:
+        fail(exc.format_message(), 2)
+    except NodefleetError as exc:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        for line in lines[:-1]:
+            _console(err=True).print(f"[bold red]nodefleet:[/] {line}", highlight=False)
+        fail(lines[-1], exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except OSError as exc:
+        fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", 1)

@@ -1,0 +1,147 @@
+"""Facts about a build host, gathered with one remote shell script and parsed by pure functions."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+from nodefleet.platforms import UnknownMachineError, normalize_platform, platform_for_machine
+
+# POSIX sh that also runs under busybox. Each fact is one `key=value` line; docker's own errors are kept
+# (one line each) so the user sees why the engine is unusable.
+FACTS_SCRIPT = r"""
+echo "machine=$(uname -m 2>/dev/null)"
+bits=$(getconf LONG_BIT 2>/dev/null)
+if [ -z "$bits" ]; then
+  case "$(od -An -tx1 -j4 -N1 /bin/sh 2>/dev/null | tr -d ' ')" in 01) bits=32;; 02) bits=64;; esac
+fi
+echo "userland_bits=$bits"
+if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=${PRETTY_NAME:-$ID}"; else echo "os=$(uname -s)"; fi
+if command -v docker >/dev/null 2>&1; then
+  echo "docker_cli=yes"
+  out=$(docker version --format '{{.Server.Version}}' 2>&1)
+  if [ $? -eq 0 ]; then echo "server_version=$out"
+  else echo "docker_error=$(printf '%s\n' "$out" | grep . | tail -n 1)"; fi
+  root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)
+  echo "docker_root=$root"
+  [ -d "$root" ] || root=/
+  echo "disk_free_kb=$(df -Pk "$root" 2>/dev/null | awk 'NR==2 {print $4}')"
+else
+  echo "docker_cli=no"
+  echo "disk_free_kb=$(df -Pk / 2>/dev/null | awk 'NR==2 {print $4}')"
+fi
+"""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a host is and whether its Docker engine is usable by the SSH user."""
+
+    machine: str
+    userland_bits: int | None
+    platform: str | None
+    os: str
+    docker_cli: bool
+    engine_version: str | None
+    engine_error: str | None
+    disk_free_bytes: int | None
+
+    @property
+    def engine_usable(self) -> bool:
+        """True when the SSH user can talk to a running engine."""
+        return self.engine_version is not None
+
+    def engine_problem(self) -> str | None:
+        """One line saying what is wrong with the engine and how to fix it, or None when it is usable."""
+        if not self.docker_cli:
+            return "Docker is not installed (install the engine, e.g. with the playbook in ansible/)"
+        if self.engine_version is not None:
+            return None
+        error = self.engine_error or "no answer from the engine"
+        if "permission denied" in error.lower():
+            return f"the SSH user cannot use the Docker engine ({error}); add it to the docker group"
+        if "cannot connect" in error.lower() or "daemon running" in error.lower():
+            return f"the Docker engine is not running ({error}); start it (systemctl start docker)"
+        return f"the Docker engine is unusable: {error}"
+
+
+def parse_facts(output: str) -> HostFacts:
+    """Turn FACTS_SCRIPT's output into HostFacts; unknown lines are ignored."""
+    values: dict[str, str] = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and key.strip() not in values:
+            values[key.strip()] = value.strip()
+    machine = values.get("machine", "")
+    bits_text = values.get("userland_bits", "")
+    bits = int(bits_text) if bits_text in {"32", "64"} else None
+    try:
+        platform: str | None = platform_for_machine(machine, bits) if machine else None
+    except UnknownMachineError:
+        platform = None
+    disk = values.get("disk_free_kb", "")
+    return HostFacts(
+        machine=machine,
+        userland_bits=bits,
+        platform=platform,
+        os=values.get("os", ""),
+        docker_cli=values.get("docker_cli") == "yes",
+        engine_version=values.get("server_version") or None,
+        engine_error=values.get("docker_error") or None,
+        disk_free_bytes=int(disk) * 1024 if disk.isdigit() else None,
+    )
+
+
+def node_health_script(container: str) -> str:
+    """Shell script reporting a BuildKit container's state, version and worker platforms (quoted name)."""
+    quoted = shlex.quote(container)
+    return (
+        f"echo \"state=$(docker inspect -f '{{{{.State.Status}}}}' {quoted} 2>/dev/null || echo missing)\"\n"
+        f'echo "buildkit=$(docker exec {quoted} buildkitd --version 2>/dev/null)"\n'
+        f"echo \"workers=$(docker exec {quoted} buildctl debug workers --format '{{{{json .}}}}' 2>/dev/null)\"\n"
+    )
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """What a node's BuildKit container says about itself."""
+
+    state: str
+    buildkit_version: str | None
+    worker_platforms: tuple[str, ...]
+
+    @property
+    def native_platform(self) -> str | None:
+        """The first platform a BuildKit worker lists is the one it runs natively."""
+        return self.worker_platforms[0] if self.worker_platforms else None
+
+
+def parse_node_health(output: str) -> NodeHealth:
+    """Turn node_health_script's output into NodeHealth."""
+    values: dict[str, str] = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values.setdefault(key.strip(), value.strip())
+    version = None
+    words = values.get("buildkit", "").split()
+    for word in words:
+        if word.startswith("v") and word[1:2].isdigit():
+            version = word
+            break
+    platforms: list[str] = []
+    try:
+        workers = json.loads(values.get("workers") or "[]")
+    except ValueError:
+        workers = []
+    for worker in workers if isinstance(workers, list) else []:
+        for platform in worker.get("platforms") or worker.get("Platforms") or []:
+            parts = [platform.get(key) or platform.get(key.capitalize()) for key in ("os", "architecture", "variant")]
+            text = "/".join(part for part in parts if part)
+            try:
+                platforms.append(normalize_platform(text))
+            except ValueError:
+                continue
+        break  # the first worker is the one buildx uses
+    return NodeHealth(values.get("state") or "missing", version, tuple(platforms))

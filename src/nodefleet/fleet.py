@@ -1,0 +1,712 @@
+"""The library API behind `nodefleet up`, `status` and `down`: one result per host, never first-failure-stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from nodefleet import buildx
+from nodefleet.bootstrap import (
+    check_openssh_path,
+    config_digest,
+    ensure_image,
+    remove_node_container,
+    render_buildkitd_config,
+)
+from nodefleet.buildx import NodeSpec, StoredBuilder
+from nodefleet.errors import CommandError, NodefleetError, UsageError
+from nodefleet.facts import (
+    FACTS_SCRIPT,
+    HostFacts,
+    NodeHealth,
+    node_health_script,
+    parse_facts,
+    parse_node_health,
+)
+from nodefleet.inventory import Host, Inventory
+from nodefleet.plan import Action, NodeChange, assign_pins, plan_builder
+from nodefleet.platforms import same_architecture
+from nodefleet.ssh import HostKeyPolicy, Session, SSHTarget, open_session
+from nodefleet.state import BuilderState, default_state_dir
+
+log = logging.getLogger(__name__)
+
+JSON_VERSION = 1
+T = TypeVar("T")
+
+Progress = Callable[[str, str], None]
+
+
+def _quiet(_host: str, _message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """How a fleet command runs; the defaults suit the command line."""
+
+    parallel: int | None = None
+    host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
+    state_dir: Path | None = None
+    lock_wait: float = 600.0
+    bootstrap_timeout: float = 300.0
+    keep_state: bool = False
+    progress: Progress = _quiet
+
+
+@dataclass
+class HostResult:
+    """The outcome for one host; `status` is healthy, failed, disabled or removed."""
+
+    name: str
+    address: str
+    platform: str | None = None
+    pinned: tuple[str, ...] = ()
+    role: str = ""
+    os: str = ""
+    engine: str | None = None
+    buildkit: str | None = None
+    native_platform: str | None = None
+    status: str = "pending"
+    action: str = "none"
+    changes: tuple[str, ...] = ()
+    error: str | None = None
+    seconds: float = 0.0
+    disk_free_bytes: int | None = None
+
+    def fail(self, message: str) -> None:
+        """Mark the host failed; the first reason is kept, it is the cause."""
+        if self.status != "failed":
+            self.status = "failed"
+            self.error = message
+
+    def as_json(self) -> dict[str, Any]:
+        """Stable JSON keys for this host."""
+        data = asdict(self)
+        data["pinned"] = list(self.pinned)
+        data["changes"] = list(self.changes)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+@dataclass
+class FleetReport:
+    """What a fleet command did, per host, plus builder-level notes."""
+
+    command: str
+    builder: str
+    hosts: list[HostResult]
+    changed: bool = False
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no host failed."""
+        return all(host.status != "failed" for host in self.hosts)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every enabled host is fine, 1 when some failed."""
+        return 0 if self.ok else 1
+
+    def as_json(self) -> dict[str, Any]:
+        """The versioned JSON document `--json` prints."""
+        return {
+            "nodefleet_json_version": JSON_VERSION,
+            "command": self.command,
+            "builder": self.builder,
+            "ok": self.ok,
+            "changed": self.changed,
+            "seconds": round(self.seconds, 3),
+            "notes": list(self.notes),
+            "hosts": [host.as_json() for host in self.hosts],
+        }
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def ssh_target(inventory: Inventory, host: Host) -> SSHTarget:
+    """How to log in to an inventory host."""
+    return SSHTarget(
+        name=host.name,
+        address=host.address,
+        user=host.user,
+        port=host.port,
+        identity_file=host.identity_file,
+        known_hosts=inventory.defaults.known_hosts,
+        connect_timeout=inventory.defaults.connect_timeout,
+    )
+
+
+def target_from_endpoint(inventory: Inventory, name: str, endpoint: str) -> SSHTarget | None:
+    """How to log in to a node that is in buildx's store but no longer in the inventory."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "ssh" or not parts.hostname:
+        return None
+    defaults = inventory.defaults
+    return SSHTarget(
+        name=name,
+        address=parts.hostname,
+        user=parts.username or defaults.user,
+        port=parts.port or defaults.port,
+        identity_file=defaults.identity_file,
+        known_hosts=defaults.known_hosts,
+        connect_timeout=defaults.connect_timeout,
+    )
+
+
+async def _bounded(limit: int, jobs: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run jobs at most `limit` at a time; each job handles its own errors."""
+    semaphore = asyncio.Semaphore(max(1, limit))
+
+    async def guarded(job: Callable[[], Awaitable[T]]) -> T:
+        async with semaphore:
+            return await job()
+
+    return list(await asyncio.gather(*(guarded(job) for job in jobs)))
+
+
+def _parallel(inventory: Inventory, options: FleetOptions) -> int:
+    return options.parallel or inventory.defaults.parallel
+
+
+def resolve_buildkitd_config(inventory: Inventory, state: BuilderState) -> Path | None:
+    """The buildkitd.toml every node gets: the inventory's own, or one written from [registries]."""
+    if inventory.defaults.buildkitd_config is not None:
+        return inventory.defaults.buildkitd_config
+    if not inventory.registries:
+        return None
+    state.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = state.dir / f"{inventory.builder}-buildkitd.toml"
+    text = render_buildkitd_config(inventory.registries)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+        path.chmod(0o600)
+    return path
+
+
+def _read_store_or_repair(builder: str, state: BuilderState, notes: list[str]) -> StoredBuilder | None:
+    try:
+        return buildx.read_store(builder)
+    except buildx.CorruptStoreError as exc:
+        backup = buildx.latest_backup(builder, state.backup_dir)
+        if backup is None:
+            raise NodefleetError(
+                f"{buildx.instance_file(builder)}: {exc}; no backup to restore: remove it with "
+                f"`docker buildx rm {builder}` and run `nodefleet up` again"
+            ) from None
+        buildx.restore_store(builder, backup)
+        notes.append(f"buildx state of {builder} was unreadable; restored the backup {backup.name}")
+        return buildx.read_store(builder)
+
+
+# ---------------------------------------------------------------------------------------------- per-host work
+
+
+@dataclass
+class _HostWork:
+    """A host being worked on: its inventory entry, SSH session, facts and result."""
+
+    host: Host
+    target: SSHTarget
+    result: HostResult
+    session: Session | None = None
+    facts: HostFacts | None = None
+    health: NodeHealth | None = None
+    openssh_ok: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def ready(self) -> bool:
+        return self.result.status != "failed" and self.session is not None
+
+    def need_session(self) -> Session:
+        if self.session is None:
+            raise NodefleetError("not connected")
+        return self.session
+
+    def finish(self) -> None:
+        self.result.seconds = time.monotonic() - self.started
+
+
+async def _guard(work: _HostWork, step: str, action: Callable[[], Awaitable[None]]) -> None:
+    """Run one step for a host; any error marks the host failed with a one-line reason."""
+    if work.result.status == "failed":
+        return
+    try:
+        await action()
+    except NodefleetError as exc:
+        work.result.fail(f"{step}: {exc}")
+    except (OSError, TimeoutError) as exc:
+        work.result.fail(f"{step}: {exc}")
+
+
+async def _connect(work: _HostWork, options: FleetOptions, *, attempts: int, budget: float | None) -> None:
+    async def go() -> None:
+        options.progress(work.host.name, "connecting")
+        work.session = await open_session(work.target, policy=options.host_key_policy, attempts=attempts, budget=budget)
+
+    await _guard(work, "ssh", go)
+
+
+async def _gather_facts(work: _HostWork, inventory: Inventory) -> None:
+    async def go() -> None:
+        session = work.need_session()
+        output = await session.run(FACTS_SCRIPT, timeout=inventory.defaults.command_timeout, check=True)
+        facts = parse_facts(output.stdout)
+        work.facts = facts
+        work.result.os = facts.os
+        work.result.engine = facts.engine_version
+        work.result.disk_free_bytes = facts.disk_free_bytes
+        work.result.platform = work.host.platforms[0] if work.host.platforms else facts.platform
+        if work.result.platform is None:
+            raise NodefleetError(f"unknown CPU architecture {facts.machine!r}; set platforms for this host")
+        problem = facts.engine_problem()
+        if problem:
+            raise NodefleetError(problem)
+
+    await _guard(work, "facts", go)
+
+
+async def _check_openssh(work: _HostWork, inventory: Inventory) -> None:
+    async def go() -> None:
+        problem = await check_openssh_path(work.target, timeout=inventory.defaults.connect_timeout + 10)
+        if problem:
+            raise NodefleetError(problem)
+        work.openssh_ok = True
+
+    await _guard(work, "openssh", go)
+
+
+async def _check_health(work: _HostWork, inventory: Inventory) -> None:
+    async def go() -> None:
+        session = work.need_session()
+        output = await session.run(
+            node_health_script(buildx.container_name(work.host.name)),
+            timeout=inventory.defaults.command_timeout,
+        )
+        work.health = parse_node_health(output.stdout)
+
+    await _guard(work, "health", go)
+
+
+def _judge_health(work: _HostWork) -> None:
+    """Turn a node's health facts into healthy or failed, comparing its worker with the pinned platform."""
+    if work.result.status == "failed":
+        return
+    health = work.health
+    if health is None or health.state != "running":
+        state = health.state if health else "unknown"
+        work.result.fail(f"BuildKit container {buildx.container_name(work.host.name)} is {state}")
+        return
+    work.result.buildkit = health.buildkit_version
+    work.result.native_platform = health.native_platform
+    expected = work.result.platform
+    if expected and health.native_platform and not same_architecture(expected, health.native_platform):
+        work.result.fail(
+            f"BuildKit runs {health.native_platform} natively but the node is pinned to {expected} "
+            "(it would emulate): check the BuildKit image's architecture or the host's platforms"
+        )
+        return
+    work.result.status = "healthy"
+
+
+async def _close_all(works: Sequence[_HostWork]) -> None:
+    await asyncio.gather(*(work.session.close() for work in works if work.session is not None))
+
+
+def _new_work(inventory: Inventory, host: Host) -> _HostWork:
+    return _HostWork(host, ssh_target(inventory, host), HostResult(host.name, host.address))
+
+
+def _disabled_results(inventory: Inventory) -> list[HostResult]:
+    return [
+        HostResult(host.name, host.address, status="disabled", platform=(host.platforms or (None,))[0])
+        for host in inventory.hosts
+        if not host.enabled
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- up
+
+
+async def up(inventory: Inventory, options: FleetOptions | None = None) -> FleetReport:
+    """Bring the builder to what the inventory says; returns one result per host."""
+    options = options or FleetOptions()
+    state = BuilderState(options.state_dir or default_state_dir(), inventory.builder)
+    started = time.monotonic()
+    with state.lock(options.lock_wait):
+        report = await _up_locked(inventory, options, state)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _up_locked(inventory: Inventory, options: FleetOptions, state: BuilderState) -> FleetReport:
+    notes: list[str] = []
+    config = resolve_buildkitd_config(inventory, state)
+    digest = config_digest(config)
+    works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
+    limit = _parallel(inventory, options)
+    try:
+        await _bounded(limit, [partial(_prepare_host, w, inventory, options) for w in works])
+        stored = _read_store_or_repair(inventory.builder, state, notes)
+        if stored is not None and stored.driver and stored.driver != buildx.DRIVER:
+            raise UsageError(
+                f"builder {inventory.builder} exists with driver {stored.driver}, not {buildx.DRIVER}: "
+                "choose another builder name or remove it with docker buildx rm"
+            )
+        changes, specs = _plan(inventory, works, stored, state, config, digest)
+        changed = await _apply(inventory, options, state, works, stored, changes, specs, notes)
+        removed = await _remove_hosts(inventory, options, stored, changes)
+        await _bounded(limit, [partial(_recreate_if_needed, w, changes, inventory) for w in works])
+        await _bootstrap_and_check(inventory, options, works, changed, notes)
+    finally:
+        await _close_all(works)
+    for work in works:
+        work.finish()
+    results = [work.result for work in works] + removed + _disabled_results(inventory)
+    return FleetReport("up", inventory.builder, results, changed=changed or bool(removed), notes=notes)
+
+
+async def _prepare_host(work: _HostWork, inventory: Inventory, options: FleetOptions) -> None:
+    await _connect(work, options, attempts=3, budget=None)
+    await _gather_facts(work, inventory)
+
+    async def image() -> None:
+        session = work.need_session()
+        options.progress(work.host.name, f"checking BuildKit image {work.host.buildkit_image}")
+        await ensure_image(
+            session,
+            work.host.buildkit_image,
+            inventory.defaults.buildkit_image_archive,
+            timeout=inventory.defaults.command_timeout,
+        )
+
+    await _guard(work, "image", image)
+    await _check_openssh(work, inventory)
+    work.finish()
+
+
+def _plan(
+    inventory: Inventory,
+    works: Sequence[_HostWork],
+    stored: StoredBuilder | None,
+    state: BuilderState,
+    config: Path | None,
+    digest: str,
+) -> tuple[list[NodeChange], dict[str, NodeSpec]]:
+    """Desired specs for the hosts that are ready; hosts that are not stay in the builder untouched."""
+    ready = [work for work in works if work.ready]
+    stored_names = {node.name for node in stored.nodes} if stored else set()
+    # Pins go to the first host of each platform among the nodes the builder will have after this run.
+    members = [
+        (work.host.name, (work.result.platform,) if work.result.platform else ())
+        for work in works
+        if work.ready or work.host.name in stored_names
+    ]
+    pins = assign_pins(members)
+    specs: dict[str, NodeSpec] = {}
+    for work in ready:
+        host = work.host
+        specs[host.name] = NodeSpec(
+            name=host.name,
+            endpoint=buildx.ssh_endpoint(host.address, host.user, host.port),
+            platforms=pins.get(host.name, ()),
+            image=host.buildkit_image,
+            driver_opts=dict(host.driver_opts),
+            buildkitd_config=config,
+            config_digest=digest,
+        )
+        work.result.pinned = specs[host.name].platforms
+        work.result.role = "primary" if work.result.pinned else "standby"
+    keep = frozenset(work.host.name for work in works if not work.ready)
+    changes = plan_builder(list(specs.values()), stored, state.load_digests(), keep)
+    return changes, specs
+
+
+async def _apply(
+    inventory: Inventory,
+    options: FleetOptions,
+    state: BuilderState,
+    works: Sequence[_HostWork],
+    stored: StoredBuilder | None,
+    changes: Sequence[NodeChange],
+    specs: Mapping[str, NodeSpec],
+    notes: list[str],
+) -> bool:
+    """Carry out the plan against buildx, backing up its store around each change."""
+    by_name = {work.host.name: work for work in works}
+    builder = inventory.builder
+    removals = [change for change in changes if change.action is Action.REMOVE]
+    edits = [change for change in changes if change.action in {Action.CREATE, Action.ADD, Action.UPDATE}]
+    for change in changes:
+        if change.node in by_name:
+            by_name[change.node].result.action = change.action.value
+            by_name[change.node].result.changes = change.reasons
+    if not removals and not edits:
+        return False
+    changed = False
+    if stored is not None and removals and len(removals) == len(stored.nodes):
+        await _run_buildx(state, builder, buildx.rm_argv(builder, keep_state=True, keep_daemon=True))
+        changed = True
+    else:
+        for change in removals:
+            await _run_buildx(state, builder, buildx.leave_argv(builder, change.node))
+            changed = True
+    unreachable = [work.host.name for work in works if not work.ready and stored and stored.node(work.host.name)]
+    if edits and unreachable:
+        message = (
+            f"builder not changed: {', '.join(unreachable)} unreachable, and buildx loads every node when one "
+            "changes (its rollback would drop pinned platforms); run `nodefleet up` again once they are back"
+        )
+        notes.append(message)
+        for change in edits:
+            by_name[change.node].result.fail(message)
+        return changed
+    digests = state.load_digests()
+    timeout = inventory.defaults.connect_timeout * 2 * max(1, len(specs)) + 60
+    exists = stored is not None and len(removals) < len(stored.nodes)
+    for change in edits:
+        spec = specs[change.node]
+        options.progress(change.node, f"{change.action.value} node")
+        argv = buildx.create_argv(builder, spec, append=exists)
+        try:
+            await _run_buildx(state, builder, argv, timeout=timeout)
+        except NodefleetError as exc:
+            by_name[change.node].result.fail(f"buildx: {exc}")
+            continue
+        exists = True
+        changed = True
+        digests[change.node] = spec.config_digest
+    for name in [change.node for change in removals]:
+        digests.pop(name, None)
+    state.save_digests({name: digest for name, digest in digests.items()})
+    _verify_store(builder, specs, by_name, notes)
+    return changed
+
+
+async def _run_buildx(state: BuilderState, builder: str, argv: list[str], timeout: float = 120) -> None:
+    """Run one buildx command that changes the store; on failure put the store back as it was."""
+    backup = buildx.backup_store(builder, state.backup_dir)
+    try:
+        await buildx.run_local(argv, timeout=timeout)
+    except (CommandError, asyncio.CancelledError):
+        buildx.restore_store(builder, backup)
+        raise
+
+
+def _verify_store(
+    builder: str, specs: Mapping[str, NodeSpec], by_name: Mapping[str, _HostWork], notes: list[str]
+) -> None:
+    """After changing the builder, check buildx stored what was asked (pins above all)."""
+    stored = buildx.read_store(builder)
+    for name, spec in specs.items():
+        work = by_name[name]
+        if work.result.status == "failed":
+            continue
+        node = stored.node(name) if stored else None
+        if node is None:
+            work.result.fail(f"buildx did not store node {name}")
+        elif set(node.platforms) != set(spec.platforms):
+            work.result.fail(
+                f"buildx stored pins {','.join(node.platforms) or '-'} instead of {','.join(spec.platforms) or '-'}"
+            )
+
+
+async def _remove_hosts(
+    inventory: Inventory, options: FleetOptions, stored: StoredBuilder | None, changes: Sequence[NodeChange]
+) -> list[HostResult]:
+    """Remove the BuildKit container and volume of nodes that left the builder from their hosts."""
+    results = []
+    jobs: list[Callable[[], Awaitable[None]]] = []
+    for change in changes:
+        if change.action is not Action.REMOVE or stored is None:
+            continue
+        node = stored.node(change.node)
+        if node is None:
+            continue
+        target = target_from_endpoint(inventory, node.name, node.endpoint)
+        result = HostResult(node.name, target.address if target else node.endpoint, status="removed", action="remove")
+        results.append(result)
+        if target is not None:
+            jobs.append(partial(_clean_remote, target, result, inventory, options, keep_state=False))
+    await _bounded(_parallel(inventory, options), jobs)
+    return results
+
+
+async def _clean_remote(
+    target: SSHTarget, result: HostResult, inventory: Inventory, options: FleetOptions, *, keep_state: bool
+) -> None:
+    started = time.monotonic()
+    try:
+        async with await open_session(target, policy=options.host_key_policy, attempts=2) as session:
+            await remove_node_container(
+                session, target.name, keep_state=keep_state, timeout=inventory.defaults.command_timeout
+            )
+    except NodefleetError as exc:
+        result.fail(f"left the builder, but its BuildKit container could not be removed: {exc}")
+    result.seconds = time.monotonic() - started
+
+
+async def _recreate_if_needed(work: _HostWork, changes: Sequence[NodeChange], inventory: Inventory) -> None:
+    change = next((c for c in changes if c.node == work.host.name), None)
+    if change is None or not change.recreate or change.action is not Action.UPDATE or not work.ready:
+        return
+
+    async def go() -> None:
+        session = work.need_session()
+        await remove_node_container(
+            session, work.host.name, keep_state=True, timeout=inventory.defaults.command_timeout
+        )
+
+    await _guard(work, "recreate", go)
+
+
+async def _bootstrap_and_check(
+    inventory: Inventory, options: FleetOptions, works: Sequence[_HostWork], changed: bool, notes: list[str]
+) -> None:
+    limit = _parallel(inventory, options)
+    ready = [work for work in works if work.ready]
+    await _bounded(limit, [partial(_check_health, w, inventory) for w in ready])
+    needs_boot = changed or any(w.health is None or w.health.state != "running" for w in ready)
+    if needs_boot and ready:
+        for work in ready:
+            options.progress(work.host.name, "starting BuildKit")
+        try:
+            await buildx.run_local(
+                buildx.bootstrap_argv(inventory.builder), timeout=options.bootstrap_timeout, check=True
+            )
+        except CommandError as exc:
+            # Per-node health below says which nodes did not start; keep buildx's words as a note.
+            notes.append(f"buildx inspect --bootstrap: {exc}")
+        await _bounded(limit, [partial(_check_health, w, inventory) for w in ready])
+    for work in works:
+        _judge_health(work)
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+async def status(inventory: Inventory, options: FleetOptions | None = None) -> FleetReport:
+    """Health of every enabled host and its node, changing nothing; a dead host costs its connect timeout."""
+    options = options or FleetOptions()
+    started = time.monotonic()
+    notes: list[str] = []
+    try:
+        stored = buildx.read_store(inventory.builder)
+    except buildx.CorruptStoreError as exc:
+        stored = None
+        notes.append(f"{buildx.instance_file(inventory.builder)}: {exc}")
+    if stored is None:
+        notes.append(f"builder {inventory.builder} does not exist; run `nodefleet up`")
+    works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
+    try:
+        await _bounded(
+            _parallel(inventory, options),
+            [partial(_status_host, w, inventory, options, stored) for w in works],
+        )
+    finally:
+        await _close_all(works)
+    extra = []
+    wanted = {host.name for host in inventory.enabled_hosts}
+    for node in stored.nodes if stored else ():
+        if node.name not in wanted:
+            extra.append(
+                HostResult(
+                    node.name,
+                    node.endpoint,
+                    pinned=node.platforms,
+                    status="failed",
+                    error="in the builder but not enabled in the inventory; `nodefleet up` removes it",
+                )
+            )
+    for work in works:
+        work.finish()
+    results = [work.result for work in works] + extra + _disabled_results(inventory)
+    report = FleetReport("status", inventory.builder, results, notes=notes)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _status_host(
+    work: _HostWork, inventory: Inventory, options: FleetOptions, stored: StoredBuilder | None
+) -> None:
+    await _connect(
+        work,
+        replace(options, host_key_policy=HostKeyPolicy.STRICT),
+        attempts=1,
+        budget=inventory.defaults.connect_timeout,
+    )
+    node = stored.node(work.host.name) if stored else None
+    if node is not None:
+        work.result.pinned = node.platforms
+        work.result.role = "primary" if node.platforms else "standby"
+    await asyncio.gather(_gather_facts(work, inventory), _check_openssh_after_connect(work, inventory))
+    if node is None and work.result.status != "failed":
+        work.result.fail("not in the builder; run `nodefleet up`")
+    if work.ready:
+        await _check_health(work, inventory)
+    _judge_health(work)
+
+
+async def _check_openssh_after_connect(work: _HostWork, inventory: Inventory) -> None:
+    if work.session is not None:
+        await _check_openssh(work, inventory)
+
+
+# ---------------------------------------------------------------------------------------------- down
+
+
+async def down(inventory: Inventory, options: FleetOptions | None = None) -> FleetReport:
+    """Remove the builder and the BuildKit containers (and volumes, unless keep_state) nodefleet made."""
+    options = options or FleetOptions()
+    state = BuilderState(options.state_dir or default_state_dir(), inventory.builder)
+    started = time.monotonic()
+    notes: list[str] = []
+    with state.lock(options.lock_wait):
+        try:
+            stored = buildx.read_store(inventory.builder)
+        except buildx.CorruptStoreError as exc:
+            notes.append(str(exc))
+            stored = None
+        targets: dict[str, SSHTarget] = {host.name: ssh_target(inventory, host) for host in inventory.hosts}
+        for node in stored.nodes if stored else ():
+            target = target_from_endpoint(inventory, node.name, node.endpoint)
+            if node.name not in targets and target is not None:
+                targets[node.name] = target
+        results = {
+            name: HostResult(name, target.address, status="removed", action="remove")
+            for name, target in targets.items()
+        }
+        await _bounded(
+            _parallel(inventory, options),
+            [
+                partial(_clean_remote, target, results[name], inventory, options, keep_state=options.keep_state)
+                for name, target in targets.items()
+            ],
+        )
+        if stored is not None or buildx.instance_file(inventory.builder).exists():
+            backup = buildx.backup_store(inventory.builder, state.backup_dir)
+            try:
+                await buildx.run_local(
+                    buildx.rm_argv(inventory.builder, keep_state=True, keep_daemon=True), timeout=120
+                )
+            except CommandError as exc:
+                buildx.restore_store(inventory.builder, backup)
+                notes.append(f"docker buildx rm {shlex.quote(inventory.builder)} failed: {exc}")
+                for result in results.values():
+                    result.fail(f"builder not removed: {exc}")
+        state.forget()
+    report = FleetReport("down", inventory.builder, list(results.values()), changed=True, notes=notes)
+    report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,276 @@
+"""SSH to build hosts with asyncssh: verified host keys, bounded timeouts, retries for transient faults only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_random_exponential
+
+from nodefleet.errors import AuthError, CommandError, HostKeyError, SSHError, TransientSSHError
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.ECONNABORTED}
+
+
+class HostKeyPolicy(StrEnum):
+    """What to do with a host whose key is not in known_hosts. A changed key is refused under both."""
+
+    STRICT = "strict"
+    ACCEPT_NEW = "accept-new"
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where and how to log in to one host; None means "as ~/.ssh/config and OpenSSH's defaults say"."""
+
+    name: str
+    address: str
+    user: str | None = None
+    port: int | None = None
+    identity_file: Path | None = None
+    known_hosts: Path | None = None
+    connect_timeout: float = 5.0
+
+    @property
+    def known_hosts_path(self) -> Path:
+        """The known_hosts file used for diagnostics and for recording new keys."""
+        return self.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a remote command returned."""
+
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.exit_status == 0
+
+    def check(self) -> CommandResult:
+        """Return self, or raise CommandError when the command failed."""
+        if not self.ok:
+            raise CommandError(self.command, self.exit_status, self.stderr, self.stdout)
+        return self
+
+
+class Session:
+    """One logged-in SSH connection to a host; run commands on it, then close it."""
+
+    def __init__(self, target: SSHTarget, connection: asyncssh.SSHClientConnection) -> None:
+        self.target = target
+        self._connection = connection
+
+    async def run(
+        self, command: str, *, timeout: float, stdin: bytes | str | None = None, check: bool = False
+    ) -> CommandResult:
+        """Run a shell command (already quoted by the caller) and return its result within `timeout`."""
+        log.debug("%s: run %s", self.target.name, command)
+        try:
+            completed = await self._connection.run(command, input=stdin, timeout=timeout, check=False, encoding=None)
+        except asyncssh.TimeoutError:
+            raise CommandError(command, None, f"timed out after {timeout:g} s") from None
+        except (asyncssh.ConnectionLost, asyncssh.ChannelOpenError, OSError) as exc:
+            raise TransientSSHError(f"{self.target.name}: connection lost running a command: {exc}") from None
+        result = CommandResult(
+            command=command,
+            exit_status=completed.exit_status if completed.exit_status is not None else 255,
+            stdout=_text(completed.stdout),
+            stderr=_text(completed.stderr),
+        )
+        return result.check() if check else result
+
+    async def write_stream(self, command: str, source: Path, *, timeout: float) -> CommandResult:
+        """Run `command` with the contents of a local file as its standard input (e.g. `docker load`)."""
+        async with asyncio.timeout(timeout):
+            process = await self._connection.create_process(command, encoding=None)
+            with source.open("rb") as reader:
+                while chunk := reader.read(1 << 20):
+                    process.stdin.write(chunk)
+                    await process.stdin.drain()
+            process.stdin.write_eof()
+            completed = await process.wait()
+        return CommandResult(
+            command,
+            completed.exit_status if completed.exit_status is not None else 255,
+            _text(completed.stdout),
+            _text(completed.stderr),
+        )
+
+    async def close(self) -> None:
+        """Close the connection and wait for it to go."""
+        self._connection.close()
+        with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+            await asyncio.wait_for(self._connection.wait_closed(), timeout=2)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+async def open_session(
+    target: SSHTarget,
+    *,
+    policy: HostKeyPolicy = HostKeyPolicy.STRICT,
+    attempts: int = 3,
+    budget: float | None = None,
+) -> Session:
+    """Log in to a host, retrying refused/reset/timed-out connections with backoff within `budget` seconds.
+
+    Authentication failures and host-key problems are raised at once and never retried.
+    """
+    deadline = budget if budget is not None else target.connect_timeout * attempts + 2
+    if policy is HostKeyPolicy.ACCEPT_NEW:
+        await _record_new_host_key(target)
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(TransientSSHError),
+        stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
+        wait=wait_random_exponential(multiplier=0.25, max=2.0),
+        reraise=True,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async for attempt in retrying:
+        with attempt:
+            remaining = max(0.5, deadline - (loop.time() - started))
+            connection = await _connect_once(target, min(target.connect_timeout, remaining))
+    return Session(target, connection)
+
+
+def _connect_options(target: SSHTarget) -> dict[str, Any]:
+    options: dict[str, Any] = {"host": target.address}
+    if target.port is not None:
+        options["port"] = target.port
+    if target.user is not None:
+        options["username"] = target.user
+    if target.identity_file is not None:
+        options["client_keys"] = [str(target.identity_file)]
+    if target.known_hosts is not None:
+        options["known_hosts"] = str(target.known_hosts)
+    return options
+
+
+async def _connect_once(target: SSHTarget, timeout: float) -> asyncssh.SSHClientConnection:
+    try:
+        async with asyncio.timeout(timeout + 1):
+            return await asyncssh.connect(
+                **_connect_options(target),
+                connect_timeout=timeout,
+                login_timeout=timeout,
+                keepalive_interval=15,
+            )
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise HostKeyError(describe_host_key_problem(target, str(exc.reason))) from None
+    except asyncssh.PermissionDenied:
+        raise AuthError(
+            f"{target.name}: SSH login refused for {_who(target)} (check the user and identity_file)"
+        ) from None
+    except (TimeoutError, asyncssh.ConnectionLost) as exc:
+        raise TransientSSHError(
+            f"{target.name}: SSH to {_who(target)} timed out or dropped ({exc or 'timeout'})"
+        ) from None
+    except asyncssh.KeyImportError as exc:
+        raise AuthError(f"{target.name}: cannot use identity_file {target.identity_file}: {exc}") from None
+    except asyncssh.Error as exc:
+        raise SSHError(f"{target.name}: SSH to {_who(target)} failed: {exc.reason}") from None
+    except OSError as exc:
+        message = f"{target.name}: cannot connect to {_who(target)}: {exc.strerror or exc}"
+        if exc.errno in _TRANSIENT_ERRNOS or isinstance(exc, ConnectionError):
+            raise TransientSSHError(message) from None
+        raise SSHError(message) from None
+
+
+def _who(target: SSHTarget) -> str:
+    user = f"{target.user}@" if target.user else ""
+    port = f":{target.port}" if target.port else ""
+    return f"{user}{target.address}{port}"
+
+
+def _known_host_lines(path: Path, host: str, port: int) -> list[int]:
+    """Line numbers of `path` whose entries match the host (plain, [host]:port or hashed)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        try:
+            keys = asyncssh.import_known_hosts(entry).match(host, host, port)
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+        if any(keys[:3]):
+            found.append(number)
+    return found
+
+
+def describe_host_key_problem(target: SSHTarget, reason: str = "") -> str:
+    """One line telling whether a host key is unknown or changed, naming the known_hosts file and line."""
+    path = target.known_hosts_path
+    lines = _known_host_lines(path, target.address, target.port or 22)
+    if lines:
+        where = ", ".join(f"{path}:{line}" for line in lines)
+        return (
+            f"{target.name}: host key of {target.address} does NOT match known_hosts ({where}); refusing to connect. "
+            f"If the host was reinstalled, verify the new key and remove the old line (ssh-keygen -R {target.address})"
+        )
+    return (
+        f"{target.name}: host key of {target.address} is not in {path}; verify it and add it "
+        "(ssh-keyscan), or run with --accept-new-host-keys to trust it on first use"
+        + (f" [{reason}]" if reason and "not verifiable" not in reason.lower() else "")
+    )
+
+
+async def _record_new_host_key(target: SSHTarget) -> None:
+    """Trust on first use: record the key of a host that has NO entry in known_hosts. Never replaces one."""
+    path = target.known_hosts_path
+    port = target.port or 22
+    if _known_host_lines(path, target.address, port):
+        return
+    try:
+        async with asyncio.timeout(target.connect_timeout + 1):
+            key = await asyncssh.get_server_host_key(target.address, port)
+    except (OSError, TimeoutError, asyncssh.Error):
+        return  # the real connection attempt reports the fault
+    if key is None:
+        return
+    host = target.address if port == 22 else f"[{target.address}]:{port}"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    line = f"{host} {key.export_public_key('openssh').decode().strip()}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as handle:
+        handle.write(line)
+    log.warning(
+        "%s: trusted new host key %s for %s on first use (recorded in %s)",
+        target.name,
+        key.get_fingerprint(),
+        target.address,
+        path,
+    )

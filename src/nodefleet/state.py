@@ -1,0 +1,86 @@
+"""nodefleet's own small state: a lock per builder, what it applied to each node, backups of buildx's store."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from nodefleet.errors import LockError
+
+STATE_VERSION = 1
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """$NODEFLEET_STATE_DIR, else $XDG_STATE_HOME/nodefleet, else ~/.local/state/nodefleet."""
+    env = os.environ if environ is None else environ
+    if env.get("NODEFLEET_STATE_DIR"):
+        return Path(env["NODEFLEET_STATE_DIR"])
+    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path.home() / ".local" / "state"
+    return base / "nodefleet"
+
+
+class BuilderState:
+    """Files under the state dir for one builder; every file is created 0600 in a 0700 folder."""
+
+    def __init__(self, state_dir: Path, builder: str) -> None:
+        self.dir = state_dir
+        self.builder = builder
+        self.record_file = state_dir / f"{builder}.json"
+        self.lock_file = state_dir / f"{builder}.lock"
+        self.backup_dir = state_dir / "backups"
+
+    def _ensure_dir(self) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self, wait: float) -> Iterator[None]:
+        """Hold the builder's lock, waiting up to `wait` seconds for another nodefleet run to finish."""
+        self._ensure_dir()
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockError(f"another nodefleet run holds {self.lock_file} (waited {wait:g} s)") from None
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)
+
+    def load_digests(self) -> dict[str, str]:
+        """Config digests nodefleet applied to each node of the builder, by node name."""
+        try:
+            data = json.loads(self.record_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        nodes = data.get("nodes") if isinstance(data, dict) else None
+        if not isinstance(nodes, dict):
+            return {}
+        return {str(name): str(info.get("config_digest", "")) for name, info in nodes.items() if isinstance(info, dict)}
+
+    def save_digests(self, digests: Mapping[str, str]) -> None:
+        """Record what was applied, atomically."""
+        self._ensure_dir()
+        payload = {
+            "version": STATE_VERSION,
+            "builder": self.builder,
+            "nodes": {name: {"config_digest": digest} for name, digest in sorted(digests.items())},
+        }
+        tmp = self.record_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        tmp.replace(self.record_file)
+
+    def forget(self) -> None:
+        """Remove the record of the builder (after `down`)."""
+        self.record_file.unlink(missing_ok=True)
