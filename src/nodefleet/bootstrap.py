@@ -42,7 +42,8 @@ async def check_openssh_path(target: SSHTarget, timeout: float) -> str | None:
     if "Host key verification failed" in error or "REMOTE HOST IDENTIFICATION HAS CHANGED" in result.stderr:
         return (
             f"buildx's ssh client does not trust the host key of {target.address} ({error}); "
-            "the key must be in the known_hosts file OpenSSH reads (~/.ssh/known_hosts or UserKnownHostsFile)"
+            "OpenSSH reads ~/.ssh/known_hosts (or UserKnownHostsFile in ~/.ssh/config), not nodefleet's known_hosts "
+            "setting: add the key there"
         )
     if "Permission denied" in error:
         return (

@@ -651,17 +651,13 @@ async def _status_host(
     if node is not None:
         work.result.pinned = node.platforms
         work.result.role = "primary" if node.platforms else "standby"
-    await asyncio.gather(_gather_facts(work, inventory), _check_openssh_after_connect(work, inventory))
+    await _gather_facts(work, inventory)
+    await _check_openssh(work, inventory)
     if node is None and work.result.status != "failed":
         work.result.fail("not in the builder; run `nodefleet up`")
     if work.ready:
         await _check_health(work, inventory)
     _judge_health(work)
-
-
-async def _check_openssh_after_connect(work: _HostWork, inventory: Inventory) -> None:
-    if work.session is not None:
-        await _check_openssh(work, inventory)
 
 
 # ---------------------------------------------------------------------------------------------- down

@@ -82,7 +82,9 @@ class Session:
         """Run a shell command (already quoted by the caller) and return its result within `timeout`."""
         log.debug("%s: run %s", self.target.name, command)
         try:
-            completed = await self._connection.run(command, input=stdin, timeout=timeout, check=False, encoding=None)
+            # No input means end-of-file at once, as `ssh host cmd </dev/null`: nothing waits for a terminal.
+            redirect: dict[str, Any] = {"input": stdin} if stdin is not None else {"stdin": asyncssh.DEVNULL}
+            completed = await self._connection.run(command, timeout=timeout, check=False, encoding=None, **redirect)
         except asyncssh.TimeoutError:
             raise CommandError(command, None, f"timed out after {timeout:g} s") from None
         except (asyncssh.ConnectionLost, asyncssh.ChannelOpenError, OSError) as exc:
@@ -171,7 +173,9 @@ def _connect_options(target: SSHTarget) -> dict[str, Any]:
     if target.identity_file is not None:
         options["client_keys"] = [str(target.identity_file)]
     if target.known_hosts is not None:
-        options["known_hosts"] = str(target.known_hosts)
+        # A known_hosts file that does not exist yet trusts nobody (it is not an error to have none).
+        exists = target.known_hosts.exists()
+        options["known_hosts"] = str(target.known_hosts) if exists else asyncssh.import_known_hosts("")
     return options
 
 

@@ -1,0 +1,102 @@
+"""A real asyncssh server in-process, on 127.0.0.1, whose sessions run commands in a local shell."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from nodefleet.ssh import SSHTarget
+
+
+async def _shell_session(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    """Run the requested command with /bin/sh, feeding stdin and returning output and exit status."""
+    command = process.command or "true"
+    if command.startswith("sleep-forever"):
+        await asyncio.sleep(3600)
+    child = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        command,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        # Sessions see an engine that is not there, whatever this machine runs.
+        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+    )
+    assert child.stdin is not None
+
+    async def forward_stdin() -> None:
+        assert child.stdin is not None
+        try:
+            while data := await process.stdin.read(65536):
+                child.stdin.write(data)
+                await child.stdin.drain()
+        except (asyncssh.Error, ConnectionError):
+            pass
+        child.stdin.close()
+
+    feeder = asyncio.ensure_future(forward_stdin())
+    out, err = await asyncio.gather(child.stdout.read(), child.stderr.read())  # type: ignore[union-attr]
+    await child.wait()
+    feeder.cancel()
+    process.stdout.write(out)
+    process.stderr.write(err)
+    process.exit(child.returncode or 0)
+
+
+@dataclass
+class Server:
+    port: int
+    host_key: asyncssh.SSHKey
+    client_key_path: Path
+    known_hosts: Path
+    acceptor: asyncssh.SSHAcceptor
+
+    def target(self, **overrides: object) -> SSHTarget:
+        values: dict[str, object] = {
+            "name": "local",
+            "address": "127.0.0.1",
+            "user": "tester",
+            "port": self.port,
+            "identity_file": self.client_key_path,
+            "known_hosts": self.known_hosts,
+            "connect_timeout": 2.0,
+        }
+        values.update(overrides)
+        return SSHTarget(**values)  # type: ignore[arg-type]
+
+    def trust(self, key: asyncssh.SSHKey | None = None) -> None:
+        line = f"[127.0.0.1]:{self.port} {(key or self.host_key).export_public_key().decode().strip()}\n"
+        self.known_hosts.write_text(line)
+
+
+StartServer = Callable[..., "asyncio.Future[Server]"]
+
+
+@pytest.fixture
+async def ssh_server(tmp_path: Path) -> AsyncIterator[Server]:
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key_path = tmp_path / "id_ed25519"
+    client_key.write_private_key(str(client_key_path))
+    client_key_path.chmod(0o600)
+    authorized = asyncssh.import_authorized_keys(client_key.export_public_key().decode())
+    acceptor = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        authorized_client_keys=authorized,
+        process_factory=_shell_session,
+        encoding=None,
+    )
+    port = acceptor.sockets[0].getsockname()[1]
+    server = Server(port, host_key, client_key_path, tmp_path / "known_hosts", acceptor)
+    yield server
+    acceptor.close()
+    await acceptor.wait_closed()
