@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -32,7 +33,9 @@ def _console(err: bool = False) -> Console:
     # rich is imported on first output only, so `nodefleet --help` stays fast.
     from rich.console import Console
 
-    return Console(stderr=err, soft_wrap=True)
+    stream = sys.stderr if err else sys.stdout
+    # Piped or captured output keeps whole columns instead of folding them to 80 characters.
+    return Console(stderr=err, soft_wrap=True, width=None if stream.isatty() else 200)
 
 
 def _configure_logging(verbose: int) -> None:
@@ -100,9 +103,9 @@ def _render(report: FleetReport, as_json: bool) -> None:
             stdout.print(f"{host.name}: {'; '.join(host.changes)}", highlight=False)
     for note in report.notes:
         stdout.print(f"note: {note}", highlight=False)
-    healthy = sum(1 for host in report.hosts if host.status == "healthy")
-    failed = sum(1 for host in report.hosts if host.status == "failed")
-    summary = f"{healthy} healthy, {failed} failed"
+    counts = Counter(host.status for host in report.hosts)
+    counts.setdefault("failed", 0)
+    summary = ", ".join(f"{count} {name}" for name, count in sorted(counts.items()))
     if report.command == "up":
         summary += ", builder changed" if report.changed else ", no change"
     stdout.print(f"{summary} ({report.seconds:.1f} s)", highlight=False)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The main job end to end on the local lab: start the lab, `nodefleet up`, a native multi-arch
+# `nodefleet build` pushed to the lab registry, each platform's image run, then `nodefleet status`.
+# Run as root on Debian 12 after ./lab/install-deps.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lab_dir=${NODEFLEET_LAB_DIR:-/var/lib/nodefleet-lab}
+nodefleet=(.venv/bin/python -m nodefleet)
+inventory="$lab_dir/inventory.toml"
+image=10.231.0.1:5443/demo/hello:latest
+
+echo "== starting the lab (3 hosts: amd64, arm64, arm/v7)"
+python3 lab/labctl.py up
+echo "== nodefleet up"
+"${nodefleet[@]}" up -i "$inventory"
+echo "== nodefleet build"
+"${nodefleet[@]}" build -i "$inventory" --platform linux/amd64,linux/arm64,linux/arm/v7 -t "$image" --push lab/demo
+echo "== each platform's image, run"
+amd64_socket=$(python3 -c "import json,sys; print([h for h in json.load(open(sys.argv[1]))['hosts'] if h['name']=='amd64-1'][0]['docker_host'])" "$lab_dir/lab.json")
+for platform in linux/amd64 linux/arm64 linux/arm/v7; do
+  DOCKER_HOST="unix://${amd64_socket#unix://}" docker run --rm --pull always --platform "$platform" "$image"
+done
+echo "== nodefleet status"
+"${nodefleet[@]}" status -i "$inventory"
+echo "== done; stop the lab with: python3 lab/labctl.py down"
