@@ -209,6 +209,21 @@ def inventory_check(inventory_path: str) -> None:
     _console().print(f"{inventory.path}: builder {inventory.builder}, {len(inventory.hosts)} hosts ({enabled} enabled)")
 
 
+@inventory_group.command("export")
+@inventory_option
+@click.option("--format", "export_format", type=click.Choice(["ansible"]), default="ansible", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
+def inventory_export(inventory_path: str, export_format: str, output: str | None) -> None:
+    """Write the inventory in another tool's format (an Ansible YAML inventory)."""
+    from nodefleet.export import render_ansible_inventory
+
+    text = render_ansible_inventory(_load(inventory_path))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+
+
 def main() -> None:
     """Entry point: errors become one line on stderr and an exit code, never a traceback."""
     try:

@@ -392,8 +392,9 @@ async def _prepare_host(work: _HostWork, inventory: Inventory, options: FleetOpt
             timeout=inventory.defaults.command_timeout,
         )
 
-    await _guard(work, "image", image)
+    # buildx's own path first: whether buildx can load this node decides whether the builder may change.
     await _check_openssh(work, inventory)
+    await _guard(work, "image", image)
     work.finish()
 
 
@@ -463,7 +464,9 @@ async def _apply(
         for change in removals:
             await _run_buildx(state, builder, buildx.leave_argv(builder, change.node))
             changed = True
-    unreachable = [work.host.name for work in works if not work.ready and stored and stored.node(work.host.name)]
+    unreachable = [
+        work.host.name for work in works if not work.openssh_ok and stored is not None and stored.node(work.host.name)
+    ]
     if edits and unreachable:
         message = (
             f"builder not changed: {', '.join(unreachable)} unreachable, and buildx loads every node when one "
