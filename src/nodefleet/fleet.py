@@ -249,6 +249,9 @@ async def _guard(work: _HostWork, step: str, action: Callable[[], Awaitable[None
         work.result.fail(f"{step}: {exc}")
     except (OSError, TimeoutError) as exc:
         work.result.fail(f"{step}: {exc}")
+    except Exception as exc:  # one host's surprise must not hide the other hosts' results
+        log.debug("%s: %s failed", work.host.name, step, exc_info=True)
+        work.result.fail(f"{step}: unexpected {type(exc).__name__}: {exc}")
 
 
 async def _connect(work: _HostWork, options: FleetOptions, *, attempts: int, budget: float | None) -> None:
@@ -419,15 +422,7 @@ def _plan(
     specs: dict[str, NodeSpec] = {}
     for work in ready:
         host = work.host
-        specs[host.name] = NodeSpec(
-            name=host.name,
-            endpoint=buildx.ssh_endpoint(host.address, host.user, host.port),
-            platforms=pins.get(host.name, ()),
-            image=host.buildkit_image,
-            driver_opts=dict(host.driver_opts),
-            buildkitd_config=config,
-            config_digest=digest,
-        )
+        specs[host.name] = node_spec(host, pins.get(host.name, ()), config, digest)
         work.result.pinned = specs[host.name].platforms
         work.result.role = "primary" if work.result.pinned else "standby"
     keep = frozenset(work.host.name for work in works if not work.ready)
@@ -705,7 +700,179 @@ async def down(inventory: Inventory, options: FleetOptions | None = None) -> Fle
                 notes.append(f"docker buildx rm {shlex.quote(inventory.builder)} failed: {exc}")
                 for result in results.values():
                     result.fail(f"builder not removed: {exc}")
+        notes.extend(await remove_helper_builders(inventory.builder, state.dir))
         state.forget()
     report = FleetReport("down", inventory.builder, list(results.values()), changed=True, notes=notes)
     report.seconds = time.monotonic() - started
     return report
+
+
+# ---------------------------------------------------------------------------------------------- build support
+# `nodefleet build` reaches every node through a single-node builder of its own, `<builder>--<node>`: the same
+# node name and endpoint, hence the same BuildKit container and cache as the node of the main builder.
+
+HELPER_SEPARATOR = "--"
+
+
+def node_spec(host: Host, platforms: tuple[str, ...], config: Path | None, digest: str) -> NodeSpec:
+    """The buildx node nodefleet makes for a host, pinning `platforms`; identical in every builder it joins."""
+    return NodeSpec(
+        name=host.name,
+        endpoint=buildx.ssh_endpoint(host.address, host.user, host.port),
+        platforms=platforms,
+        image=host.buildkit_image,
+        driver_opts=dict(host.driver_opts),
+        buildkitd_config=config,
+        config_digest=digest,
+    )
+
+
+def helper_builder_name(builder: str, node: str) -> str:
+    """The single-node builder `nodefleet build` uses to reach one node of `builder`."""
+    return f"{builder}{HELPER_SEPARATOR}{node}"
+
+
+def build_record_file(state_dir: Path, builder: str) -> Path:
+    """Where `nodefleet build` records node use (for balancing) and the helper builders it made."""
+    return state_dir / f"{builder}-build.json"
+
+
+def helper_builders(builder: str) -> list[str]:
+    """The helper builders of `builder` in buildx's store: named `<builder>--<node>`, with that one node."""
+    instances = buildx.store_dir() / "instances"
+    prefix = builder + HELPER_SEPARATOR
+    try:
+        names = sorted(path.name for path in instances.iterdir() if path.name.startswith(prefix))
+    except OSError:
+        return []
+    helpers = []
+    for name in names:
+        try:
+            stored = buildx.read_store(name)
+        except buildx.CorruptStoreError:
+            continue
+        if stored is not None and [node.name for node in stored.nodes] == [name[len(prefix) :]]:
+            helpers.append(name)
+    return helpers
+
+
+async def remove_helper_builders(builder: str, state_dir: Path) -> list[str]:
+    """Drop the helper builders from buildx's store, keeping the BuildKit containers they share; returns notes."""
+    notes = []
+    for name in helper_builders(builder):
+        try:
+            await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=60)
+        except CommandError as exc:
+            notes.append(f"docker buildx rm {shlex.quote(name)} failed: {exc}")
+    build_record_file(state_dir, builder).unlink(missing_ok=True)
+    return notes
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """A quick look at one host's node before a build; `result.status` is healthy or failed."""
+
+    result: HostResult
+    container_id: str | None = None
+    worker_platforms: tuple[str, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        """True when the node can take a build now."""
+        return self.result.status == "healthy"
+
+
+def node_check_script(node: str) -> str:
+    """Shell script printing the host's machine, userland width and the node container's id and state."""
+    container = shlex.quote(buildx.container_name(node))
+    return (
+        'echo "machine=$(uname -m 2>/dev/null)"\n'
+        'echo "userland_bits=$(getconf LONG_BIT 2>/dev/null)"\n'
+        f"out=$(docker inspect -f '{{{{.Id}}}} {{{{.State.Status}}}}' {container} 2>&1)\n"
+        'echo "container=$(printf \'%s\\n\' "$out" | grep . | tail -n 1)"\n'
+    )
+
+
+def parse_node_check(output: str) -> tuple[str | None, str, str | None]:
+    """(container id, state, engine problem) from node_check_script's output."""
+    line = next((text for text in output.splitlines() if text.startswith("container=")), "container=")
+    value = line.partition("=")[2].strip()
+    words = value.split()
+    if len(words) == 2 and len(words[0]) == 64 and all(char in "0123456789abcdef" for char in words[0]):
+        return words[0], words[1], None
+    if "no such object" in value.lower() or "no such container" in value.lower():
+        return None, "missing", None
+    facts = HostFacts(
+        "",
+        None,
+        None,
+        "",
+        docker_cli="not found" not in value,
+        engine_version=None,
+        engine_error=value or None,
+        disk_free_bytes=None,
+    )
+    return None, "unknown", facts.engine_problem()
+
+
+async def check_node(
+    inventory: Inventory,
+    host: Host,
+    options: FleetOptions | None = None,
+    *,
+    known_workers: Mapping[str, tuple[str, ...]] | None = None,
+) -> NodeCheck:
+    """Is this host's node ready to build: SSH within connect_timeout (one attempt), its platform, BuildKit running
+    with a native worker. `known_workers` maps container ids already looked at to their worker platforms: an
+    unchanged container then costs no `docker exec` (slow when BuildKit is emulated)."""
+    options = replace(options or FleetOptions(), host_key_policy=HostKeyPolicy.STRICT)
+    work = _new_work(inventory, host)
+    timeout = inventory.defaults.connect_timeout + 15
+    seen: list[str] = []
+
+    async def look() -> None:
+        session = work.need_session()
+        output = await session.run(node_check_script(host.name), timeout=timeout)
+        facts = parse_facts(output.stdout)
+        work.result.platform = host.platforms[0] if host.platforms else facts.platform
+        if work.result.platform is None:
+            raise NodefleetError(f"unknown CPU architecture {facts.machine!r}; set platforms for this host")
+        container, state, problem = parse_node_check(output.stdout)
+        if problem:
+            raise NodefleetError(problem)
+        if container is not None:
+            seen.append(container)
+        if state == "running" and container is not None and known_workers and container in known_workers:
+            work.health = NodeHealth(state, None, tuple(known_workers[container]))
+        elif state == "running":
+            health = await session.run(node_health_script(buildx.container_name(host.name)), timeout=timeout)
+            work.health = parse_node_health(health.stdout)
+        else:
+            work.health = NodeHealth(state, None, ())
+
+    try:
+        await _connect(work, options, attempts=1, budget=inventory.defaults.connect_timeout)
+        await _guard(work, "check", look)
+    finally:
+        await _close_all([work])
+    _judge_health(work)
+    if work.result.status == "failed" and work.health is not None and work.health.state != "running":
+        work.result.error = f"{work.result.error}; `nodefleet up` starts it"
+    work.finish()
+    workers = work.health.worker_platforms if work.health is not None else ()
+    return NodeCheck(work.result, seen[0] if seen else None, workers)
+
+
+async def node_health(
+    inventory: Inventory,
+    hosts: Sequence[Host],
+    options: FleetOptions | None = None,
+    *,
+    known_workers: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[NodeCheck]:
+    """check_node for several hosts at once (at most `parallel` at a time), in the order given."""
+    options = options or FleetOptions()
+    return await _bounded(
+        _parallel(inventory, options),
+        [partial(check_node, inventory, host, options, known_workers=known_workers) for host in hosts],
+    )

@@ -98,7 +98,14 @@ class _Problems:
         self.lines: list[str] = []
 
     def add(self, key: str, message: str) -> None:
-        self.lines.append(f"{self.path}: {key}: {message}")
+        self.lines.append(_one_line(f"{self.path}: {key}: {message}"))
+
+
+def _one_line(text: str) -> str:
+    """Escape control and line-separator characters that came from the file, so a problem stays one line."""
+    return "".join(
+        char if char.isprintable() or char == " " else char.encode("unicode_escape").decode() for char in text
+    )
 
 
 _BUILDER_KEYS = {"name"}
