@@ -57,6 +57,7 @@ class Server:
     client_key_path: Path
     known_hosts: Path
     acceptor: asyncssh.SSHAcceptor
+    tunnels: list[tuple[str, int]]
 
     def target(self, **overrides: object) -> SSHTarget:
         values: dict[str, object] = {
@@ -87,16 +88,26 @@ async def ssh_server(tmp_path: Path) -> AsyncIterator[Server]:
     client_key.write_private_key(str(client_key_path))
     client_key_path.chmod(0o600)
     authorized = asyncssh.import_authorized_keys(client_key.export_public_key().decode())
+    tunnels: list[tuple[str, int]] = []
+
+    class JumpFriendlyServer(asyncssh.SSHServer):
+        """Allows direct TCP/IP forwarding to itself only, so it can serve as a ProxyJump host in tests."""
+
+        def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+            tunnels.append((dest_host, dest_port))
+            return dest_host in {"127.0.0.1", "localhost"}
+
     acceptor = await asyncssh.listen(
         "127.0.0.1",
         0,
+        server_factory=JumpFriendlyServer,
         server_host_keys=[host_key],
         authorized_client_keys=authorized,
         process_factory=_shell_session,
         encoding=None,
     )
     port = acceptor.sockets[0].getsockname()[1]
-    server = Server(port, host_key, client_key_path, tmp_path / "known_hosts", acceptor)
+    server = Server(port, host_key, client_key_path, tmp_path / "known_hosts", acceptor, tunnels)
     yield server
     acceptor.close()
     await acceptor.wait_closed()

@@ -122,3 +122,45 @@ async def test_many_sessions_at_once(ssh_server: Server) -> None:
 
     results = await asyncio.gather(*(one(i) for i in range(20)))
     assert results == [str(i) for i in range(20)]
+
+
+async def test_openssh_config_alias_user_port_and_identity(
+    ssh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host given only as an alias gets HostName, User, Port and IdentityFile from ~/.ssh/config."""
+    ssh_server.trust()
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host buildbox\n  HostName 127.0.0.1\n  User tester\n  Port {ssh_server.port}\n"
+        f"  IdentityFile {ssh_server.client_key_path}\n  UserKnownHostsFile {ssh_server.known_hosts}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    from nodefleet.ssh import SSHTarget
+
+    target = SSHTarget("alias", "buildbox", connect_timeout=2)
+    async with await open_session(target) as session:
+        assert (await session.run("echo via-config", timeout=5)).stdout == "via-config\n"
+
+
+async def test_proxyjump_from_openssh_config(
+    ssh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ProxyJump in ~/.ssh/config is honoured: the session is tunnelled through the jump host."""
+    ssh_server.trust()
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    common = (
+        f"  User tester\n  IdentityFile {ssh_server.client_key_path}\n  UserKnownHostsFile {ssh_server.known_hosts}\n"
+    )
+    (home / ".ssh" / "config").write_text(
+        f"Host jump\n  HostName 127.0.0.1\n  Port {ssh_server.port}\n{common}"
+        f"Host inner\n  HostName 127.0.0.1\n  Port {ssh_server.port}\n  ProxyJump jump\n{common}"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    from nodefleet.ssh import SSHTarget
+
+    async with await open_session(SSHTarget("inner", "inner", connect_timeout=3)) as session:
+        assert (await session.run("echo tunnelled", timeout=5)).stdout == "tunnelled\n"
+    assert ssh_server.tunnels, "the connection did not go through the jump host"
