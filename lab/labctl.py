@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""The nodefleet lab: SSH + Docker hosts of several architectures on this machine, for end-to-end tests.
+
+    labctl.py up [--hosts SPEC] [--json]   bring the lab up (no-op if the same lab is up)
+    labctl.py down                          remove everything the lab made
+    labctl.py status [--json]               what is up, per host
+    labctl.py fault HOST ACTION             sshd-stop|sshd-start|engine-stop|engine-start|net-cut|net-restore|rekey
+    labctl.py selftest                      plain buildx builds on the lab hosts, without nodefleet
+
+The contract is lab/CONTRACT.md. Prints one line per step; full logs are in the state dir (logs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from labkit import clientfiles, hosts, network, registry, teardown
+from labkit.core import LabError, LabPaths, Log
+from labkit.selftest import SelfTest
+from labkit.spec import DEFAULT_SPEC, Host, parse_spec, spec_of
+from labkit.steps import UpRun
+
+FAULTS = ["sshd-stop", "sshd-start", "engine-stop", "engine-start", "net-cut", "net-restore", "rekey"]
+# Not in the contract's list, for the test fixtures: undo `rekey` by putting the original host key back.
+EXTRA_FAULTS = ["rekey-restore"]
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, error: Exception, log: Log) -> None:
+        super().__init__(f"{step}: {error}")
+        self.step = step
+        self.error = error
+        self.log = log
+
+
+class Steps:
+    """Runs named steps, printing one line each: `command  step .......... ok  1.2s  detail`."""
+
+    def __init__(self, command: str, logs: Path, out: TextIO) -> None:
+        self.command = command
+        self.logs = logs
+        self.out = out
+
+    def run(self, name: str, func: Callable[[Log], object]) -> None:
+        log = Log(self.logs / f"{self.command}-{name.replace(' ', '-')}.log")
+        started = time.monotonic()
+        try:
+            detail = func(log)
+        except Exception as exc:  # every failure ends as one line naming the step
+            log.write(f"FAILED: {type(exc).__name__}: {exc}")
+            self.say(name, "FAILED", started, str(exc))
+            raise StepFailed(name, exc, log) from exc
+        self.say(name, "ok", started, str(detail or ""))
+
+    def say(self, name: str, status: str, started: float, detail: str) -> None:
+        line = f"{self.command:<8} {name:<15} {status:<6} {time.monotonic() - started:6.1f}s  {detail}"
+        print(line.rstrip(), file=self.out, flush=True)
+
+
+@contextlib.contextmanager
+def lab_lock(paths: LabPaths) -> Iterator[None]:
+    """One labctl changing the lab at a time (the lock file lives in the cache dir, which survives down)."""
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    with (paths.cache / "labctl.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def lab_hosts(paths: LabPaths) -> list[Host] | None:
+    description = clientfiles.read_lab_json(paths)
+    if description is None:
+        return None
+    return parse_spec(str(description["spec"]))
+
+
+# ---- health ----
+
+
+def host_health(paths: LabPaths, host: Host) -> dict[str, object]:
+    engine = hosts.engine_running(paths, host) and hosts.engine_answers(paths, host)
+    return {
+        "name": host.name,
+        "address": host.address,
+        "platform": host.platform.platform,
+        "sshd": hosts.sshd_running(paths, host),
+        "engine": engine,
+        "network": network.link_is_up(host.veth),
+        "host_key": clientfiles.host_key_known(paths, host),  # False after `rekey`
+    }
+
+
+HEALTH_FLAGS = ("sshd", "engine", "network", "host_key")
+
+
+def health_line(health: dict[str, object]) -> str:
+    return ", ".join(f"{flag} {'ok' if health[flag] else 'DOWN'}" for flag in HEALTH_FLAGS)
+
+
+def lab_health(paths: LabPaths, lab: list[Host]) -> dict[str, object]:
+    per_host = [host_health(paths, h) for h in lab]
+    registry_up = registry.running(paths)
+    healthy = registry_up and all(all(h[flag] for flag in HEALTH_FLAGS) for h in per_host)
+    return {"up": True, "healthy": healthy, "registry": registry_up, "hosts": per_host}
+
+
+# ---- commands ----
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    paths = LabPaths.from_env()
+    out = sys.stderr if args.json else sys.stdout
+    if os.geteuid() != 0:
+        print("up: the lab needs root (namespaces, mounts, daemons, users)", file=sys.stderr)
+        return 2
+    try:
+        wanted = parse_spec(args.hosts)
+    except LabError as exc:
+        print(f"up: {exc}", file=sys.stderr)
+        return 2
+    with lab_lock(paths):
+        current = lab_hosts(paths)
+        if current is not None and spec_of(current) == spec_of(wanted) and lab_health(paths, current)["healthy"]:
+            print(f"up       lab already up ({spec_of(wanted)})", file=out)
+            return finish_up(paths, args.json)
+        if current is not None or teardown.anything_left(paths):
+            print("up       taking down the previous lab first", file=out)
+            if run_down(paths, out) != 0:
+                return 1
+        return run_up(paths, wanted, args.json, out)
+
+
+def run_up(paths: LabPaths, wanted: list[Host], as_json: bool, out: TextIO) -> int:
+    started = time.monotonic()
+    up = UpRun(paths, wanted)
+    steps = Steps("up", paths.logs, out)
+    try:
+        for name, func in up.steps():
+            steps.run(name, func)
+    except (StepFailed, KeyboardInterrupt) as failure:
+        up.stop_artifacts()
+        report_failed_up(paths, failure)
+        run_down(paths, out)
+        step = failure.step if isinstance(failure, StepFailed) else "interrupted"
+        print(f"up failed at step '{step}'; everything it started was removed", file=sys.stderr)
+        return 1
+    print(f"up       lab is up: {len(wanted)} hosts in {time.monotonic() - started:.1f}s", file=out)
+    return finish_up(paths, as_json)
+
+
+def report_failed_up(paths: LabPaths, failure: BaseException) -> None:
+    """Keep the logs of a failed up (the state dir goes away) and show the end of the failing step's log."""
+    kept = paths.cache / "logs" / "failed-up"
+    shutil.rmtree(kept, ignore_errors=True)
+    if paths.logs.is_dir():
+        shutil.copytree(paths.logs, kept)
+    if isinstance(failure, StepFailed):
+        print(f"--- last lines of {failure.log.path.name} (all logs kept in {kept}):", file=sys.stderr)
+        print(failure.log.tail(), file=sys.stderr)
+
+
+def finish_up(paths: LabPaths, as_json: bool) -> int:
+    if as_json:
+        print(paths.lab_json.read_text(), end="")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    paths = LabPaths.from_env()
+    with lab_lock(paths):
+        return run_down(paths, sys.stdout)
+
+
+def run_down(paths: LabPaths, out: TextIO) -> int:
+    """Every teardown step runs even if an earlier one failed; the exit code says whether all succeeded."""
+    started = time.monotonic()
+    logs = paths.cache / "logs"
+    for old in logs.glob("down-*.log"):
+        old.unlink()
+    steps = Steps("down", logs, out)
+    failed = []
+    for name, func in teardown.teardown_steps(paths):
+        try:
+            steps.run(name, func)
+        except StepFailed as failure:
+            failed.append(failure.step)
+    left = teardown.anything_left(paths)
+    if failed or left:
+        print(f"down     incomplete: failed {failed}, still present {left} (logs: {logs})", file=sys.stderr)
+        return 1
+    print(f"down     lab is down in {time.monotonic() - started:.1f}s", file=out)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    paths = LabPaths.from_env()
+    lab = lab_hosts(paths)
+    if lab is None:
+        left = teardown.anything_left(paths)
+        report = {"up": False, "healthy": False, "leftovers": left}
+        print(
+            json.dumps(report, indent=2)
+            if args.json
+            else f"lab is down{'; leftovers: ' + ', '.join(left) if left else ''}"
+        )
+        return 3
+    health = lab_health(paths, lab)
+    health["lab"] = clientfiles.read_lab_json(paths)
+    if args.json:
+        print(json.dumps(health, indent=2))
+    else:
+        state = "healthy" if health["healthy"] else "DEGRADED"
+        print(f"lab is up ({spec_of(lab)}), {state}; registry {'up' if health['registry'] else 'DOWN'}")
+        for h in per_host(health):
+            print(f"  {h['name']:<10} {h['address']:<12} {h['platform']:<13} {health_line(h)}")
+    return 0 if health["healthy"] else 1
+
+
+def per_host(health: dict[str, object]) -> list[dict[str, object]]:
+    hosts_health = health["hosts"]
+    assert isinstance(hosts_health, list)
+    return hosts_health
+
+
+def cmd_fault(args: argparse.Namespace) -> int:
+    paths = LabPaths.from_env()
+    with lab_lock(paths):
+        lab = lab_hosts(paths)
+        if lab is None:
+            print("fault: the lab is not up", file=sys.stderr)
+            return 3
+        host = next((h for h in lab if h.name == args.host), None)
+        if host is None:
+            print(f"fault: no host {args.host!r}; hosts: {', '.join(h.name for h in lab)}", file=sys.stderr)
+            return 2
+        steps = Steps("fault", paths.logs, sys.stdout)
+        try:
+            steps.run(f"{host.name} {args.action}", lambda log: apply_fault(paths, host, args.action, log))
+        except StepFailed:
+            return 1
+        return 0
+
+
+def apply_fault(paths: LabPaths, host: Host, action: str, log: Log) -> str:
+    if action == "sshd-stop":
+        hosts.stop_sshd(paths, host)
+    elif action == "sshd-start" and not hosts.sshd_running(paths, host):
+        hosts.start_sshd(paths, host, log)
+        hosts.wait_sshd(paths, host)
+    elif action == "engine-stop":
+        hosts.stop_engine(paths, host)
+    elif action == "engine-start" and not hosts.engine_running(paths, host):
+        hosts.start_engine(paths, host)
+        hosts.wait_engine(paths, host)
+    elif action == "net-cut":
+        network.cut(host, log)
+    elif action == "net-restore":
+        network.restore(host, log)
+    elif action in ("rekey", "rekey-restore"):
+        if action == "rekey":
+            hosts.replace_host_key(paths, host, log)  # known_hosts keeps the old key on purpose
+        else:
+            hosts.restore_host_key(paths, host)
+        hosts.stop_sshd(paths, host)
+        hosts.start_sshd(paths, host, log)
+        hosts.wait_sshd(paths, host)
+    return health_line(host_health(paths, host))
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    paths = LabPaths.from_env()
+    lab = clientfiles.read_lab_json(paths)
+    if lab is None:
+        print("selftest: the lab is not up (run `labctl.py up`)", file=sys.stderr)
+        return 3
+    steps = Steps("selftest", paths.logs, sys.stdout)
+    started = time.monotonic()
+    try:
+        test = SelfTest(paths, lab)
+    except LabError as exc:
+        print(f"selftest: {exc}", file=sys.stderr)
+        return 1
+    failed = False
+    try:
+        for name, func in test.steps():
+            steps.run(name, func)
+    except StepFailed as failure:
+        failed = True
+        print(f"--- last lines of {failure.log.path}:\n{failure.log.tail()}", file=sys.stderr)
+    finally:
+        try:
+            steps.run("cleanup", test.cleanup)
+        except StepFailed:
+            failed = True
+    verdict = "FAILED" if failed else "passed"
+    print(f"selftest {verdict} in {time.monotonic() - started:.1f}s", file=sys.stdout)
+    return 1 if failed else 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="labctl.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="bring the lab up")
+    up.add_argument("--hosts", default=DEFAULT_SPEC, help=f"platform[:count],... (default {DEFAULT_SPEC})")
+    up.add_argument("--json", action="store_true", help="print lab.json on stdout (step lines go to stderr)")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="remove everything the lab made").set_defaults(func=cmd_down)
+    status = sub.add_parser("status", help="show the lab (exit 0 healthy, 1 degraded, 3 down)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    fault = sub.add_parser("fault", help="break or repair one host")
+    fault.add_argument("host")
+    fault.add_argument("action", choices=FAULTS + EXTRA_FAULTS, metavar="ACTION", help=" | ".join(FAULTS))
+    fault.set_defaults(func=cmd_fault)
+    sub.add_parser("selftest", help="plain buildx multi-platform build on the lab").set_defaults(func=cmd_selftest)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Fixtures for end-to-end tests: the lab fleet (lab/labctl.py) brought up once per session, and fault injection.
+
+The lab needs root and the packages lab/install-deps.sh installs. Without them these fixtures FAIL, naming what is
+missing: an end-to-end test that skips proves nothing. Set NODEFLEET_LAB_KEEP=1 to leave the lab up afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LABCTL = REPO / "lab" / "labctl.py"
+# Two arm64 hosts, so failover tests have somewhere to go.
+E2E_HOSTS = "amd64,arm64:2,arm/v7"
+UP_TIMEOUT = 3600  # a cold first `up` builds BuildKit from source (lab/buildkit/build.sh)
+# How `lab_fault` undoes each fault (`rekey-restore` puts the host's original key back).
+RESTORE = {"sshd-stop": "sshd-start", "engine-stop": "engine-start", "net-cut": "net-restore", "rekey": "rekey-restore"}
+
+
+def labctl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run lab/labctl.py (stdlib only, so any Python 3.11 runs it)."""
+    return subprocess.run(
+        [sys.executable, str(LABCTL), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[dict[str, Any]]:
+    """The lab's lab.json (lab/CONTRACT.md): registry, CA, key, known_hosts, inventory, and the hosts."""
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests need root: the lab makes namespaces, mounts, daemons and a user", pytrace=False)
+    up = labctl("up", "--hosts", E2E_HOSTS, "--json", timeout=UP_TIMEOUT)
+    if up.returncode != 0:
+        pytest.fail(f"`labctl.py up --hosts {E2E_HOSTS}` failed:\n{up.stderr[-6000:]}", pytrace=False)
+    sys.stderr.write(up.stderr)
+    yield json.loads(up.stdout)
+    if os.environ.get("NODEFLEET_LAB_KEEP") == "1":
+        return
+    down = labctl("down", timeout=600)
+    if down.returncode != 0:
+        pytest.fail(f"`labctl.py down` left things behind:\n{down.stdout}\n{down.stderr}", pytrace=False)
+
+
+@pytest.fixture
+def lab_fault(lab: dict[str, Any]) -> Callable[[str, str], contextlib.AbstractContextManager[None]]:
+    """`with lab_fault("arm64-1", "net-cut"): ...` applies a fault to one host and always undoes it afterwards."""
+
+    @contextlib.contextmanager
+    def fault(host: str, action: str) -> Iterator[None]:
+        _fault(host, action)
+        try:
+            yield
+        finally:
+            if action in RESTORE:
+                _fault(host, RESTORE[action])
+
+    return fault
+
+
+def _fault(host: str, action: str) -> None:
+    result = labctl("fault", host, action, timeout=120)
+    if result.returncode != 0:
+        pytest.fail(f"`labctl.py fault {host} {action}` failed:\n{result.stdout}{result.stderr}", pytrace=False)
