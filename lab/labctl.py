@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from typing import TextIO
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from labkit import clientfiles, hosts, network, registry, teardown
-from labkit.core import LabError, LabPaths, Log
+from labkit.core import LOCK_FILE, LabError, LabPaths, Log
 from labkit.selftest import SelfTest
 from labkit.spec import DEFAULT_SPEC, Host, parse_spec, spec_of
 from labkit.steps import UpRun
@@ -70,11 +71,17 @@ class Steps:
 
 
 @contextlib.contextmanager
-def lab_lock(paths: LabPaths) -> Iterator[None]:
-    """One labctl changing the lab at a time (the lock file lives in the cache dir, which survives down)."""
-    paths.cache.mkdir(parents=True, exist_ok=True)
-    with (paths.cache / "labctl.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def lab_lock(mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    """Machine-wide, since the lab's bridge, addresses and user are: `up`/`down` hold it exclusively; `fault` and a
+    test session using the lab (tests/e2e/conftest.py) hold it shared, so nobody takes the lab away under them.
+    The empty lock file stays: removing it would break the lock."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK_FILE.open("a") as handle:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for the lab lock {LOCK_FILE} (another labctl or test session)", file=sys.stderr, flush=True)
+            fcntl.flock(handle, mode)
         yield
 
 
@@ -129,9 +136,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     except LabError as exc:
         print(f"up: {exc}", file=sys.stderr)
         return 2
-    with lab_lock(paths):
+    # Shared first: a test session holding the lab (shared) can still ask for the lab it already has.
+    with lab_lock(fcntl.LOCK_SH):
+        if already_up(paths, wanted):
+            print(f"up       lab already up ({spec_of(wanted)})", file=out)
+            return finish_up(paths, args.json)
+    with lab_lock():
         current = lab_hosts(paths)
-        if current is not None and spec_of(current) == spec_of(wanted) and lab_health(paths, current)["healthy"]:
+        if already_up(paths, wanted):
             print(f"up       lab already up ({spec_of(wanted)})", file=out)
             return finish_up(paths, args.json)
         if current is not None or teardown.anything_left(paths):
@@ -141,9 +153,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         return run_up(paths, wanted, args.json, out)
 
 
+def already_up(paths: LabPaths, wanted: list[Host]) -> bool:
+    current = lab_hosts(paths)
+    return current is not None and spec_of(current) == spec_of(wanted) and bool(lab_health(paths, current)["healthy"])
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_up(paths: LabPaths, wanted: list[Host], as_json: bool, out: TextIO) -> int:
+    signal.signal(signal.SIGTERM, interrupted)  # a killed `up` still cleans up after itself
     started = time.monotonic()
     up = UpRun(paths, wanted)
+    up.make_state_dir()  # before any step: its marker is how `down` knows the folder is the lab's
     steps = Steps("up", paths.logs, out)
     try:
         for name, func in up.steps():
@@ -178,7 +201,7 @@ def finish_up(paths: LabPaths, as_json: bool) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     paths = LabPaths.from_env()
-    with lab_lock(paths):
+    with lab_lock():
         return run_down(paths, sys.stdout)
 
 
@@ -235,7 +258,7 @@ def per_host(health: dict[str, object]) -> list[dict[str, object]]:
 
 def cmd_fault(args: argparse.Namespace) -> int:
     paths = LabPaths.from_env()
-    with lab_lock(paths):
+    with lab_lock(fcntl.LOCK_SH):
         lab = lab_hosts(paths)
         if lab is None:
             print("fault: the lab is not up", file=sys.stderr)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 RUN_DIR = Path("/run/nodefleet-lab")
+LOCK_FILE = Path("/run/lock/nodefleet-lab.lock")
 STATE_MARKER = ".nodefleet-lab"
 
 

@@ -59,7 +59,6 @@ class UpRun:
 
     def steps(self) -> list[tuple[str, Callable[[Log], str]]]:
         return [
-            ("state dir", self.state_dir),
             ("prerequisites", self.prerequisites),
             ("binfmt", self.binfmt),
             ("userland", self.userland),
@@ -90,13 +89,12 @@ class UpRun:
         log.write("all prerequisites found")
         return f"{len(self.hosts)} hosts ({spec_of(self.hosts)})"
 
-    def state_dir(self, log: Log) -> str:
-        for folder in (self.paths.state, self.paths.logs, self.paths.run, self.paths.sockets):
-            folder.mkdir(parents=True, exist_ok=True)
+    def make_state_dir(self) -> None:
+        self.paths.state.mkdir(parents=True, exist_ok=True)
         self.paths.state.chmod(0o755)
         (self.paths.state / STATE_MARKER).write_text("made by nodefleet lab/labctl.py; removed by `down`\n")
-        log.write(f"state {self.paths.state}, cache {self.paths.cache}")
-        return str(self.paths.state)
+        for folder in (self.paths.logs, self.paths.run, self.paths.sockets):
+            folder.mkdir(parents=True, exist_ok=True)
 
     def binfmt(self, log: Log) -> str:
         if not self.deb_arches:

@@ -7,6 +7,7 @@ missing: an end-to-end test that skips proves nothing. Set NODEFLEET_LAB_KEEP=1 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lab"))
+from labkit.core import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 LABCTL = REPO / "lab" / "labctl.py"
@@ -47,7 +51,13 @@ def lab() -> Iterator[dict[str, Any]]:
     if up.returncode != 0:
         pytest.fail(f"`labctl.py up --hosts {E2E_HOSTS}` failed:\n{up.stderr[-6000:]}", pytrace=False)
     sys.stderr.write(up.stderr)
-    yield json.loads(up.stdout)
+    with LOCK_FILE.open("a") as lock:
+        # Shared for the whole session: another `labctl.py up/down` (another session on this machine) waits.
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        status = labctl("status")
+        if status.returncode != 0:
+            pytest.fail(f"the lab changed between `up` and this session's lock:\n{status.stdout}", pytrace=False)
+        yield json.loads(up.stdout)
     if os.environ.get("NODEFLEET_LAB_KEEP") == "1":
         return
     down = labctl("down", timeout=600)
