@@ -59,6 +59,9 @@ class Steps:
         started = time.monotonic()
         try:
             detail = func(log)
+        except KeyboardInterrupt:
+            self.say(name, "STOPPED", started, "interrupted")
+            raise
         except Exception as exc:  # every failure ends as one line naming the step
             log.write(f"FAILED: {type(exc).__name__}: {exc}")
             self.say(name, "FAILED", started, str(exc))
