@@ -1,0 +1,1592 @@
+"""`nodefleet build`: every platform built natively on a healthy node of its own, in parallel, then one index.
+
+Each platform gets one `docker buildx build` on a single-node builder (`<builder>--<node>`, sharing the node's
+BuildKit container and cache), pinned to that platform so buildx's strict first pass routes it and never an
+emulating node. Pushes go by digest and `docker buildx imagetools create` assembles the index, so every platform
+has its own node, timing, failover and cache ref.
+
+The first half of this module is pure (command-line parsing, node choice, argv, reading buildx's output) and is
+table-tested; the I/O (health checks, helper builders, running buildx, the pushed index) follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import logging
+import os
+import re
+import shlex
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from nodefleet import buildx, fleet
+from nodefleet.bootstrap import config_digest
+from nodefleet.errors import CommandError, NodefleetError, UsageError
+from nodefleet.inventory import Host, Inventory
+from nodefleet.platforms import architecture, normalize_platform, same_architecture
+from nodefleet.state import BuilderState, default_state_dir
+
+log = logging.getLogger(__name__)
+
+JSON_VERSION = 1
+RECORD_VERSION = 1
+# How long a healthy node of a platform waits for a preferred node that has not answered yet: long enough for a
+# responsive host, short enough that a partitioned one (which costs its whole connect timeout) is routed around.
+HEALTH_GRACE = 1.5
+
+# ---------------------------------------------------------------------------------------------- the command line
+
+# nodefleet's own options; everything else belongs to `docker buildx build`.
+OWN_VALUE_OPTIONS = frozenset({"-i", "--inventory", "--platform", "--cache-ref", "--parallel"})
+OWN_FLAG_OPTIONS = frozenset({"--allow-emulation", "--json", "-h", "--help"})
+
+# `docker buildx build` options that take a value (v0.13 to v0.3x, hidden legacy ones included), so that a value
+# is never mistaken for the build context or for a nodefleet option.
+BUILDX_VALUE_OPTIONS = frozenset(
+    {
+        "add-host",
+        "allow",
+        "annotation",
+        "attest",
+        "build-arg",
+        "build-context",
+        "builder",
+        "cache-from",
+        "cache-to",
+        "call",
+        "cgroup-parent",
+        "cpu-period",
+        "cpu-quota",
+        "cpu-shares",
+        "cpuset-cpus",
+        "cpuset-mems",
+        "file",
+        "iidfile",
+        "invoke",
+        "isolation",
+        "label",
+        "memory",
+        "memory-swap",
+        "metadata-file",
+        "network",
+        "no-cache-filter",
+        "output",
+        "platform",
+        "policy",
+        "print",
+        "progress",
+        "provenance",
+        "resource",
+        "root",
+        "sbom",
+        "secret",
+        "security-opt",
+        "server-config",
+        "shm-size",
+        "ssh",
+        "tag",
+        "target",
+        "ulimit",
+    }
+)
+BUILDX_SHORT = {"f": "file", "o": "output", "t": "tag", "q": "quiet", "m": "memory", "c": "cpu-shares"}
+_TRUE = {"1", "t", "true", "yes", "on"}
+
+
+def split_command_line(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate nodefleet's own options from `docker buildx build`'s, keeping each side's order.
+
+    Values of buildx options are skipped over, so `--label --json` or `-f -i.Dockerfile` stay buildx's.
+    """
+    own: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        index += 1
+        name = word.split("=", 1)[0]
+        if word == "--":
+            rest += args[index - 1 :]
+            break
+        if name in OWN_FLAG_OPTIONS and "=" not in word:
+            own.append(word)
+        elif name in OWN_VALUE_OPTIONS or (word.startswith("-i") and not word.startswith("--")):
+            own.append(word)
+            if "=" not in word and word in OWN_VALUE_OPTIONS and index < len(args):
+                own.append(args[index])
+                index += 1
+        else:
+            rest.append(word)
+            if _takes_next_value(word) and index < len(args):
+                rest.append(args[index])
+                index += 1
+    return own, rest
+
+
+def _takes_next_value(word: str) -> bool:
+    """True when a buildx option word's value is the next word."""
+    if word.startswith("--"):
+        return "=" not in word and word[2:] in BUILDX_VALUE_OPTIONS
+    if word.startswith("-") and len(word) > 1:
+        # A short cluster (-qt): the first option taking a value takes the rest of the word, or the next one.
+        for position, char in enumerate(word[1:], start=1):
+            if BUILDX_SHORT.get(char, "quiet") in BUILDX_VALUE_OPTIONS:
+                return position == len(word) - 1
+    return False
+
+
+@dataclass(frozen=True)
+class _Arg:
+    """One parsed command-line item: an option (long name) with its value, or a positional (name None)."""
+
+    name: str | None
+    value: str | None
+    raw: tuple[str, ...]
+
+
+def _parse_items(args: Sequence[str]) -> list[_Arg]:
+    items: list[_Arg] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        index += 1
+        if word == "--":
+            items += [_Arg(None, value, (value,)) for value in args[index:]]
+            break
+        if word.startswith("--"):
+            name, sep, value = word[2:].partition("=")
+            if sep or name not in BUILDX_VALUE_OPTIONS:
+                items.append(_Arg(name, value if sep else None, (word,)))
+                continue
+            if index >= len(args):
+                raise UsageError(f"{word} needs a value")
+            items.append(_Arg(name, args[index], (word, args[index])))
+            index += 1
+        elif word.startswith("-") and word != "-":
+            consumed, index = _parse_short(word, args, index)
+            items += consumed
+        else:
+            items.append(_Arg(None, word, (word,)))
+    return items
+
+
+def _parse_short(word: str, args: Sequence[str], index: int) -> tuple[list[_Arg], int]:
+    items = []
+    for position, char in enumerate(word[1:], start=1):
+        name = BUILDX_SHORT.get(char)
+        if name is None:
+            items.append(_Arg(f"-{char}", None, (f"-{char}",)))
+            continue
+        if name not in BUILDX_VALUE_OPTIONS:
+            items.append(_Arg(name, None, (f"-{char}",)))
+            continue
+        value = word[position + 1 :]
+        if not value:
+            if index >= len(args):
+                raise UsageError(f"-{char} needs a value")
+            value = args[index]
+            index += 1
+        items.append(_Arg(name, value, (f"-{char}", value)))
+        break
+    return items, index
+
+
+@dataclass(frozen=True)
+class Output:
+    """One `--output` of buildx: its type and attributes (`--push` is type registry, `--load` type docker)."""
+
+    type: str
+    attrs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def push(self) -> bool:
+        """True when this output pushes to a registry."""
+        return self.type == "registry" or (self.type == "image" and self.attrs.get("push", "").lower() in _TRUE)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Image names given in the output itself (`name=a,b`)."""
+        return tuple(name for name in self.attrs.get("name", "").split(",") if name)
+
+
+def parse_output(value: str) -> Output:
+    """Parse one `--output` value the way buildx does (`-` is a tar on stdout, a bare path a local folder)."""
+    if value == "-":
+        return Output("tar", {"dest": "-"})
+    if "=" not in value and "," not in value:
+        return Output("local", {"dest": value})
+    attrs: dict[str, str] = {}
+    for field_text in next(csv.reader([value])):
+        key, sep, item = field_text.partition("=")
+        if not sep:
+            raise UsageError(f"--output {value!r}: {field_text!r} is not key=value")
+        attrs[key.strip().lower()] = item
+    kind = attrs.pop("type", "")
+    if not kind:
+        raise UsageError(f"--output {value!r}: type is required (type=registry, image, local, tar, oci, docker)")
+    return Output(kind, attrs)
+
+
+def format_csv(fields: Mapping[str, str]) -> str:
+    """key=value pairs as buildx reads them (CSV, quoted where a value holds a comma or a quote)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([f"{key}={value}" for key, value in fields.items()])
+    return buffer.getvalue()
+
+
+def format_output(output: Output) -> str:
+    """An Output back as a `--output` value."""
+    return format_csv({"type": output.type, **output.attrs})
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What the user asked for: the buildx options, sorted into what nodefleet handles and what passes through."""
+
+    context: str
+    passthrough: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    outputs: tuple[Output, ...] = ()
+    platforms: tuple[str, ...] = ()
+    cache_ref: str | None = None
+    allow_emulation: bool = False
+    metadata_file: str | None = None
+    iidfile: str | None = None
+    progress: str | None = None
+    reads_stdin: bool = False
+    stdin: bytes | None = None
+
+    @property
+    def push(self) -> bool:
+        """True when the build pushes to a registry."""
+        return any(output.push for output in self.outputs)
+
+    @property
+    def image_names(self) -> tuple[str, ...]:
+        """Names the pushed index gets: the push output's own names, else the tags."""
+        for output in self.outputs:
+            if output.push and output.names:
+                return output.names
+        return self.tags
+
+
+_INTERCEPTED = {"tag", "output", "push", "load", "metadata-file", "iidfile", "progress", "builder", "platform"}
+_REF_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_REGISTRY_HOST = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
+
+
+def parse_request(
+    args: Sequence[str],
+    *,
+    platforms: Sequence[str] = (),
+    cache_ref: str | None = None,
+    allow_emulation: bool = False,
+) -> BuildRequest:
+    """Sort `docker buildx build` arguments into a BuildRequest; raise UsageError for what cannot work."""
+    passthrough: list[str] = []
+    tags: list[str] = []
+    outputs: list[Output] = []
+    positionals: list[str] = []
+    found: dict[str, str] = {}
+    cache_to = False
+    for item in _parse_items(args):
+        if item.name is None:
+            positionals.append(item.value or "")
+        elif item.name in _INTERCEPTED:
+            _intercept(item, tags, outputs, found)
+        else:
+            cache_to = cache_to or item.name == "cache-to"
+            passthrough += item.raw
+            if item.name in {"file", "f"} and item.value == "-":
+                found["stdin"] = "file"
+    if len(positionals) != 1:
+        what = "no build context" if not positionals else f"several build contexts: {' '.join(positionals)}"
+        raise UsageError(f"{what}; give exactly one PATH, URL or - after the buildx options")
+    if cache_ref is not None:
+        _check_repository(cache_ref, "--cache-ref")
+        if cache_to:
+            raise UsageError("--cache-ref writes one cache per platform; drop --cache-to (or drop --cache-ref)")
+    request = BuildRequest(
+        context=positionals[0],
+        passthrough=tuple(passthrough),
+        tags=tuple(tags),
+        outputs=tuple(outputs),
+        platforms=_platforms(",".join([*platforms, found.get("platform", "")])),
+        cache_ref=cache_ref,
+        allow_emulation=allow_emulation,
+        metadata_file=found.get("metadata-file"),
+        iidfile=found.get("iidfile"),
+        progress=found.get("progress"),
+        reads_stdin=positionals[0] == "-" or "stdin" in found,
+    )
+    if request.push and not request.image_names:
+        raise UsageError("pushing needs an image name: add -t REGISTRY/REPOSITORY:TAG")
+    if len([output for output in outputs if output.push]) > 1:
+        raise UsageError("one pushing output at a time (--push or --output type=registry|image,push=true)")
+    return request
+
+
+def _intercept(item: _Arg, tags: list[str], outputs: list[Output], found: dict[str, str]) -> None:
+    value = item.value
+    if item.name == "builder":
+        raise UsageError("nodefleet build chooses the builder from the inventory (-i); drop --builder")
+    if item.name == "push":
+        if value is None or value.lower() in _TRUE:
+            outputs.append(Output("registry"))
+        return
+    if item.name == "load":
+        if value is None or value.lower() in _TRUE:
+            outputs.append(Output("docker"))
+        return
+    if value is None:
+        raise UsageError(f"--{item.name} needs a value")
+    if item.name == "tag":
+        tags.append(value)
+    elif item.name == "output":
+        outputs.append(parse_output(value))
+    elif item.name == "platform":
+        found["platform"] = ",".join(filter(None, [found.get("platform", ""), value]))
+    else:
+        found[item.name or ""] = value
+
+
+def _platforms(text: str) -> tuple[str, ...]:
+    result: list[str] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            platform = normalize_platform(part)
+        except ValueError as exc:
+            raise UsageError(f"--platform: {exc}") from None
+        if platform not in result:
+            result.append(platform)
+    return tuple(result)
+
+
+def _check_repository(reference: str, option: str) -> None:
+    host, sep, path = reference.partition("/")
+    components = path.split("/") if sep else [host]
+    registry_ok = not sep or _REGISTRY_HOST.match(host) or _REF_COMPONENT.match(host)
+    if not registry_ok or not all(_REF_COMPONENT.match(part) for part in components):
+        raise UsageError(
+            f"{option} {reference!r} must be a repository without tag, like registry.example.com/app/cache "
+            "(nodefleet adds one tag per platform)"
+        )
+
+
+def repository(reference: str) -> str:
+    """`reg:5000/app:1.0` or `reg/app@sha256:...` -> `reg:5000/app`."""
+    name = reference.split("@", 1)[0]
+    last_slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > last_slash else name
+
+
+def platform_slug(platform: str) -> str:
+    """`linux/arm/v7` -> `linux-arm-v7` (a registry tag)."""
+    return platform.replace("/", "-")
+
+
+def platform_dir(platform: str) -> str:
+    """`linux/arm/v7` -> `linux_arm_v7`, the folder buildx's multi-platform local output uses."""
+    return platform.replace("/", "_")
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+class Layout(StrEnum):
+    """How the platforms are built: one build per platform (the default), or one build for all."""
+
+    SPLIT = "per-platform"
+    COMBINED = "combined"
+
+
+_SPLITTABLE = {"registry", "image", "cacheonly", "local"}
+
+
+def choose_layout(request: BuildRequest, platforms: int) -> Layout:
+    """Per-platform builds unless an output cannot be split across nodes (a tar, an OCI layout, --load of several)."""
+    if platforms <= 1 or all(output.type in _SPLITTABLE for output in request.outputs):
+        return Layout.SPLIT
+    return Layout.COMBINED
+
+
+def check_layout(request: BuildRequest, layout: Layout, platforms: int) -> None:
+    """Raise UsageError for options that cannot work with the layout."""
+    if layout is Layout.COMBINED and request.cache_ref:
+        raise UsageError(
+            "--cache-ref needs one build per platform, which an output of type "
+            f"{', '.join(o.type for o in request.outputs if o.type not in _SPLITTABLE)} cannot be split into"
+        )
+    if platforms > 1 and request.iidfile and not request.push and layout is Layout.SPLIT:
+        raise UsageError("--iidfile with several platforms needs --push (nodefleet writes the pushed index digest)")
+
+
+# ---------------------------------------------------------------------------------------------- argv
+
+
+def platform_output(output: Output, request: BuildRequest, platform: str, platforms: int) -> Output:
+    """The output of one platform's build: pushes go by digest to the repository; local folders get a subfolder."""
+    if output.push:
+        keep = {
+            key: value
+            for key, value in output.attrs.items()
+            if key not in {"name", "push", "push-by-digest", "name-canonical"}
+        }
+        repo = repository(request.image_names[0])
+        return Output(
+            "image", {**keep, "name": repo, "push-by-digest": "true", "name-canonical": "true", "push": "true"}
+        )
+    if output.type == "local" and platforms > 1 and output.attrs.get("platform-split", "true").lower() in _TRUE:
+        dest = output.attrs.get("dest", ".")
+        return Output("local", {**output.attrs, "dest": str(Path(dest) / platform_dir(platform))})
+    return output
+
+
+def cache_args(cache_ref: str, platform: str) -> list[str]:
+    """One registry cache per platform (a shared ref keeps only the last platform's, buildx #1044)."""
+    ref = f"{cache_ref}:{platform_slug(platform)}"
+    return ["--cache-from", f"type=registry,ref={ref}", "--cache-to", f"type=registry,ref={ref},mode=max"]
+
+
+def platform_argv(
+    request: BuildRequest,
+    platform: str,
+    builder: str,
+    *,
+    platforms: int,
+    metadata_file: str,
+    progress: str,
+) -> list[str]:
+    """`docker buildx build` for one platform on one node's builder."""
+    argv = ["docker", "buildx", "build", "--builder", builder, "--platform", platform, "--progress", progress]
+    argv += request.passthrough
+    if not request.push:
+        for tag in request.tags:
+            argv += ["--tag", tag]
+    for output in request.outputs:
+        argv += ["--output", format_output(platform_output(output, request, platform, platforms))]
+    if request.cache_ref:
+        argv += cache_args(request.cache_ref, platform)
+    argv += ["--metadata-file", metadata_file]
+    if request.iidfile and platforms == 1 and not request.push:
+        argv += ["--iidfile", request.iidfile]
+    return [*argv, "--", request.context]
+
+
+def combined_argv(
+    request: BuildRequest, platforms: Sequence[str], builder: str, *, metadata_file: str, progress: str
+) -> list[str]:
+    """One `docker buildx build` for every platform on the main builder, each platform pinned on its node."""
+    argv = ["docker", "buildx", "build", "--builder", builder, "--platform", ",".join(platforms)]
+    argv += ["--progress", progress, *request.passthrough]
+    for tag in request.tags:
+        argv += ["--tag", tag]
+    for output in request.outputs:
+        argv += ["--output", format_output(output)]
+    argv += ["--metadata-file", metadata_file]
+    if request.iidfile:
+        argv += ["--iidfile", request.iidfile]
+    return [*argv, "--", request.context]
+
+
+def imagetools_create_argv(builder: str, names: Sequence[str], sources: Sequence[str]) -> list[str]:
+    """`docker buildx imagetools create`: one index from the platforms' pushed images, under every name."""
+    argv = ["docker", "buildx", "imagetools", "create", "--builder", builder, "--progress", "plain"]
+    for name in names:
+        argv += ["--tag", name]
+    return [*argv, *sources]
+
+
+def imagetools_inspect_argv(builder: str, name: str) -> list[str]:
+    """`docker buildx imagetools inspect` printing the index as JSON (its digest and its manifests)."""
+    return ["docker", "buildx", "imagetools", "inspect", "--builder", builder, "--format", "{{json .Manifest}}", name]
+
+
+def progress_mode(request: BuildRequest, builds: int) -> tuple[str, bool]:
+    """(--progress value, whether buildx's stderr goes straight to ours): plain lines unless one build asks tty."""
+    wanted = (request.progress or "plain").lower()
+    if wanted == "tty" and builds == 1:
+        return "tty", True
+    if wanted in {"quiet", "rawjson"}:
+        return wanted, False
+    return "plain", False
+
+
+# ---------------------------------------------------------------------------------------------- choosing nodes
+
+
+class Health(StrEnum):
+    """What is known of a node while choosing."""
+
+    UNCHECKED = "unchecked"
+    PENDING = "pending"
+    HEALTHY = "healthy"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One host as node choice sees it."""
+
+    name: str
+    order: int
+    platforms: tuple[str, ...] = ()
+    primary_for: tuple[str, ...] = ()
+    health: Health = Health.UNCHECKED
+    error: str | None = None
+    workers: tuple[str, ...] = ()
+    last_used: float = 0.0
+
+    def native_for(self, platform: str) -> bool:
+        """True when the host builds `platform` natively (exact platform, arm/v8 workers counted as arm/v7)."""
+        return platform in self.platforms
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The node that builds a platform; `candidates` are the other nodes that may take it on a retry, in order."""
+
+    platform: str
+    node: str
+    emulated: bool = False
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Node choice for every platform, or the platforms refused, or `pending` when more answers are needed."""
+
+    choices: tuple[Choice, ...] = ()
+    refused: tuple[tuple[str, str], ...] = ()
+    skipped: tuple[str, ...] = ()
+    pending: bool = False
+
+
+_COMPATIBLE = {"linux/arm64": "linux/arm", "linux/amd64": "linux/386"}
+
+
+def native_order(views: Iterable[NodeView], platform: str, *, primaries_only: bool = False) -> list[NodeView]:
+    """Native nodes of a platform, least recently used first (inventory order on ties)."""
+    nodes = [view for view in views if view.native_for(platform)]
+    if primaries_only:
+        nodes = [view for view in nodes if platform in view.primary_for]
+    return sorted(nodes, key=lambda view: (view.last_used, view.order))
+
+
+def _decide_native(nodes: Sequence[NodeView], grace_over: bool) -> tuple[NodeView | None, bool]:
+    """(the node to use, still waiting): the first healthy node in preference order, waiting for a preferred one
+    that has not answered yet until the grace period is over."""
+    waiting = False
+    for view in nodes:
+        if view.health is Health.HEALTHY:
+            if waiting and not grace_over:
+                return None, True
+            return view, False
+        if view.health is Health.PENDING:
+            waiting = True
+    return None, waiting
+
+
+def emulation_order(views: Iterable[NodeView], platform: str, busy: Mapping[str, int]) -> list[NodeView]:
+    """Healthy nodes whose BuildKit can emulate `platform`: same architecture first (arm/v7 for arm/v6), then a
+    64-bit relative (arm64 for arm), then the least busy in this build, then least recently used."""
+
+    def rank(view: NodeView) -> tuple[int, int, int, float, int]:
+        native = view.platforms[0] if view.platforms else ""
+        same = any(same_architecture(own, platform) for own in view.platforms)
+        relative = _COMPATIBLE.get(native) == architecture(platform)
+        return (0 if same else 1, 0 if relative else 1, busy.get(view.name, 0), view.last_used, view.order)
+
+    able = [
+        view
+        for view in views
+        if view.health is Health.HEALTHY and not view.native_for(platform) and platform in view.workers
+    ]
+    return sorted(able, key=rank)
+
+
+def select_nodes(
+    views: Sequence[NodeView],
+    requested: Sequence[str],
+    *,
+    allow_emulation: bool,
+    grace_over: bool,
+    primaries_only: bool = False,
+    hint: str = "",
+) -> Selection:
+    """Choose a node for every platform (requested, or by default every platform of a healthy node).
+
+    A platform goes to its least recently used healthy native node. When none is healthy it is refused (fail
+    closed), or with `allow_emulation` given to a healthy node whose BuildKit emulates it; a default platform
+    whose nodes are all down is skipped with a note instead.
+    """
+    default = not requested
+    if default:
+        if any(view.health is Health.PENDING and not view.platforms for view in views):
+            return Selection(pending=True)
+        requested = _default_platforms(views)
+    choices: list[Choice] = []
+    refused: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    busy: dict[str, int] = {}
+    for platform in requested:
+        nodes = native_order(views, platform, primaries_only=primaries_only)
+        chosen, waiting = _decide_native(nodes, grace_over)
+        if waiting:
+            return Selection(pending=True)
+        if chosen is not None:
+            others = tuple(view.name for view in nodes if view.name != chosen.name and view.health is not Health.FAILED)
+            choices.append(Choice(platform, chosen.name, False, others))
+            busy[chosen.name] = busy.get(chosen.name, 0) + 1
+            continue
+        if default:
+            skipped.append(f"{platform} skipped: {_states(nodes)}")
+            continue
+        if allow_emulation and not primaries_only:
+            if any(view.health is Health.PENDING for view in views) and not grace_over:
+                return Selection(pending=True)
+            able = emulation_order(views, platform, busy)
+            if able:
+                choices.append(Choice(platform, able[0].name, True, tuple(view.name for view in able[1:])))
+                busy[able[0].name] = busy.get(able[0].name, 0) + 1
+                continue
+        refused.append((platform, refusal_message(platform, views, nodes, allow_emulation, hint)))
+    if default and not choices:
+        refused.append(("*", _nothing_healthy(views, hint)))
+    return Selection(tuple(choices), tuple(refused), tuple(skipped))
+
+
+def _default_platforms(views: Sequence[NodeView]) -> tuple[str, ...]:
+    platforms: list[str] = []
+    for view in sorted(views, key=lambda v: v.order):
+        if view.health is not Health.UNCHECKED:
+            platforms += [platform for platform in view.platforms if platform not in platforms]
+    return tuple(platforms)
+
+
+def _states(nodes: Sequence[NodeView]) -> str:
+    return ", ".join(f"{view.name} {view.health.value}" + (f" ({view.error})" if view.error else "") for view in nodes)
+
+
+def _nothing_healthy(views: Sequence[NodeView], hint: str) -> str:
+    return f"no healthy node to build on: {_states(views)}" + (f"; {hint}" if hint else "")
+
+
+def refusal_message(
+    platform: str, views: Sequence[NodeView], natives: Sequence[NodeView], allow_emulation: bool, hint: str = ""
+) -> str:
+    """Why a platform cannot be built natively, which hosts could and their state, and how to add one."""
+    add = f"add a {platform} machine as a [[hosts]] entry (name, address) in the inventory and run `nodefleet up`" + (
+        f" ({hint})" if hint else ""
+    )
+    if natives:
+        head = f"{platform}: no healthy native node: {_states(natives)}"
+        fix = f"bring one back (`nodefleet status` says why, `nodefleet up` repairs it) or {add}"
+    else:
+        known = ", ".join(f"{view.name} {'/'.join(view.platforms) or 'unknown'}" for view in views)
+        head = f"{platform}: no host in the inventory builds it natively (hosts: {known})"
+        fix = add
+    if allow_emulation:
+        return f"{head}; no healthy node can emulate it either (its BuildKit must list {platform}); {fix}"
+    return f"{head}. Refusing to emulate it: {fix}, or pass --allow-emulation to build it under QEMU on another node"
+
+
+# ---------------------------------------------------------------------------------------------- reading buildx
+
+_STEP_RE = re.compile(r"^#(\d+) \[([^\]]*)\] (\S+)")
+_STEP_NAME_RE = re.compile(r"(?:^|\s)\d+/\d+$")
+_CACHED_RE = re.compile(r"^#(\d+) CACHED\s*$")
+
+
+class StepCounter:
+    """Counts the Dockerfile steps that run something (FROM only resolves) and those served from cache, from
+    buildx's plain progress."""
+
+    def __init__(self) -> None:
+        self.steps: set[str] = set()
+        self.cached: set[str] = set()
+
+    def feed(self, line: str) -> None:
+        """Take one progress line."""
+        match = _STEP_RE.match(line)
+        if match and _STEP_NAME_RE.search(match.group(2)) and match.group(3).upper() != "FROM":
+            self.steps.add(match.group(1))
+            return
+        cached = _CACHED_RE.match(line)
+        if cached:
+            self.cached.add(cached.group(1))
+
+    @property
+    def counts(self) -> tuple[int, int] | None:
+        """(steps, cached steps), or None when no step was seen (quiet or rawjson progress)."""
+        if not self.steps:
+            return None
+        return len(self.steps), len(self.cached & self.steps)
+
+
+class FailureKind(StrEnum):
+    """Why a build failed, which decides whether another node may retry it."""
+
+    DOCKERFILE = "dockerfile"
+    INFRASTRUCTURE = "infrastructure"
+    OTHER = "other"
+
+
+_DOCKERFILE_MARKERS = (
+    "did not complete successfully",
+    "dockerfile parse error",
+    "unknown instruction",
+    "failed to read dockerfile",
+    "failed to compute cache key",
+    "failed to calculate checksum",
+    "failed to parse stage name",
+    "target stage",
+    "exit code:",
+)
+_INFRA_MARKERS = (
+    "connection reset",
+    "connection refused",
+    "connection closed",
+    "connection lost",
+    "broken pipe",
+    "unavailable",
+    "failed to dial",
+    "error reading from server",
+    "transport is closing",
+    "no such container",
+    "is not running",
+    "is restarting",
+    "cannot connect to the docker daemon",
+    "error during connect",
+    "kex_exchange_identification",
+    "closed network connection",
+    "no route to host",
+    "i/o timeout",
+    "connection timed out",
+    "has exited with exit status 255",
+    "context deadline exceeded",
+)
+_EOF_RE = re.compile(r"\bEOF\b")
+
+
+def error_text(lines: Iterable[str]) -> str:
+    """buildx's own error: its `ERROR:` lines, else the last lines it printed."""
+    kept = [line.rstrip() for line in lines if line.strip()]
+    errors = [line for line in kept if line.startswith(("ERROR:", "error:"))]
+    return "\n".join(errors[-3:]) if errors else "\n".join(kept[-5:])
+
+
+def classify_failure(error: str) -> FailureKind:
+    """A Dockerfile error is never retried; a node or connection fault is retried once on another node."""
+    lowered = error.lower()
+    if any(marker in lowered for marker in _DOCKERFILE_MARKERS):
+        return FailureKind.DOCKERFILE
+    if any(marker in lowered for marker in _INFRA_MARKERS) or _EOF_RE.search(error):
+        return FailureKind.INFRASTRUCTURE
+    return FailureKind.OTHER
+
+
+def index_digests(manifest_json: str) -> tuple[str | None, dict[str, str]]:
+    """(index digest, platform -> manifest digest) from `imagetools inspect --format '{{json .Manifest}}'`;
+    attestation manifests are left out."""
+    try:
+        document = json.loads(manifest_json)
+    except ValueError:
+        return None, {}
+    if not isinstance(document, dict):
+        return None, {}
+    digests: dict[str, str] = {}
+    for entry in document.get("manifests") or []:
+        annotations = entry.get("annotations") or {}
+        if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
+            continue
+        platform = entry.get("platform") or {}
+        parts = [platform.get(key) for key in ("os", "architecture", "variant")]
+        text = "/".join(part for part in parts if part)
+        if not text or "unknown" in text:
+            continue
+        with contextlib.suppress(ValueError):
+            digests[normalize_platform(text)] = str(entry.get("digest"))
+    return document.get("digest"), digests
+
+
+def merge_metadata(
+    per_platform: Mapping[str, Mapping[str, Any]],
+    nodes: Mapping[str, str],
+    *,
+    index_digest: str | None,
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """One metadata file for the whole build: buildx's keys for the result, each platform's own under
+    `nodefleet.platforms`."""
+    merged: dict[str, Any] = {}
+    if len(per_platform) == 1 and index_digest is None:
+        merged.update(next(iter(per_platform.values())))
+    if index_digest is not None:
+        merged["containerimage.digest"] = index_digest
+        merged["image.name"] = ",".join(names)
+    merged["nodefleet.platforms"] = {
+        platform: {**metadata, "nodefleet.node": nodes.get(platform)} for platform, metadata in per_platform.items()
+    }
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Attempt:
+    """One run of buildx for a platform on a node."""
+
+    node: str
+    status: str = "running"
+    seconds: float = 0.0
+    error: str | None = None
+    error_kind: FailureKind | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """Stable JSON keys."""
+        return {
+            "node": self.node,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "error_kind": self.error_kind.value if self.error_kind else None,
+        }
+
+
+@dataclass
+class PlatformResult:
+    """What happened to one platform; `status` is built, failed, cancelled, refused, skipped or pending."""
+
+    platform: str
+    node: str | None = None
+    node_platform: str | None = None
+    emulated: bool = False
+    status: str = "pending"
+    seconds: float = 0.0
+    steps: int | None = None
+    cached_steps: int | None = None
+    manifest_digest: str | None = None
+    error: str | None = None
+    error_kind: FailureKind | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """Stable JSON keys."""
+        return {
+            "platform": self.platform,
+            "node": self.node,
+            "node_platform": self.node_platform,
+            "mode": "emulated" if self.emulated else "native",
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "steps": self.steps,
+            "cached_steps": self.cached_steps,
+            "manifest_digest": self.manifest_digest,
+            "error": self.error,
+            "error_kind": self.error_kind.value if self.error_kind else None,
+            "attempts": [attempt.as_json() for attempt in self.attempts],
+        }
+
+
+@dataclass
+class BuildReport:
+    """What `nodefleet build` did: one result per platform, the node checks, the pushed index."""
+
+    builder: str
+    platforms: list[PlatformResult] = field(default_factory=list)
+    nodes: list[fleet.HostResult] = field(default_factory=list)
+    layout: Layout = Layout.SPLIT
+    names: tuple[str, ...] = ()
+    index_digest: str | None = None
+    pushed: bool = False
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every platform was built (and pushed and assembled, when asked)."""
+        return (
+            self.failure is None
+            and bool(self.platforms)
+            and all(result.status in {"built", "skipped"} for result in self.platforms)
+            and any(result.status == "built" for result in self.platforms)
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything was built, 1 otherwise."""
+        return 0 if self.ok else 1
+
+    def as_json(self) -> dict[str, Any]:
+        """The versioned JSON document `--json` prints."""
+        return {
+            "nodefleet_json_version": JSON_VERSION,
+            "command": "build",
+            "builder": self.builder,
+            "ok": self.ok,
+            "layout": self.layout.value,
+            "seconds": round(self.seconds, 3),
+            "platforms": [result.as_json() for result in self.platforms],
+            "pushed": {"names": list(self.names), "index_digest": self.index_digest} if self.pushed else None,
+            "nodes": [node.as_json() for node in self.nodes],
+            "failure": self.failure,
+            "notes": list(self.notes),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- I/O: state
+
+Progress = Callable[[str, str], None]
+
+
+def _quiet(_label: str, _line: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a build runs; the defaults suit the command line."""
+
+    parallel: int | None = None
+    state_dir: Path | None = None
+    health_grace: float = HEALTH_GRACE
+    # (label, line): buildx's progress lines, labelled with the platform when several builds run at once.
+    progress: Progress = _quiet
+    # nodefleet's own steps ("arm64-1 unreachable, building linux/arm64 on arm64-2").
+    notice: Callable[[str], None] = lambda _message: None
+    # Let buildx write to our stdout (an output `-`).
+    inherit_stdout: bool = False
+
+
+class BuildRecord:
+    """`<builder>-build.json` in the state dir: when each node last started a build (for balancing), what each
+    host's node is (platform, worker platforms by container id), and the config each helper builder was made with."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_suffix(".lock")
+
+    def load(self) -> dict[str, Any]:
+        """The record, or an empty one."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {"version": RECORD_VERSION, "nodes": {}, "helpers": {}}
+        if not isinstance(data, dict):
+            return {"version": RECORD_VERSION, "nodes": {}, "helpers": {}}
+        data.setdefault("nodes", {})
+        data.setdefault("helpers", {})
+        return data
+
+    def _save(self, data: Mapping[str, Any]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+        tmp.replace(self.path)
+
+    @contextlib.asynccontextmanager
+    async def update(self, wait: float = 120.0) -> AsyncIterator[dict[str, Any]]:
+        """Hold the record's lock (other nodefleet builds wait), yield the record, save it on the way out."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise NodefleetError(f"another nodefleet build holds {self.lock_path}") from None
+                    await asyncio.sleep(0.05)
+            data = self.load()
+            yield data
+            self._save(data)
+        finally:
+            os.close(fd)
+
+
+def initial_views(
+    hosts: Sequence[Host], record: Mapping[str, Any], pins: Mapping[str, tuple[str, ...]]
+) -> list[NodeView]:
+    """What is known of each host before checking: platforms from the inventory, the record or the builder's pins."""
+    nodes = record.get("nodes") or {}
+    views = []
+    for order, host in enumerate(hosts):
+        known = nodes.get(host.name) or {}
+        platforms = tuple(host.platforms) or tuple(known.get("platforms") or ()) or pins.get(host.name, ())
+        views.append(
+            NodeView(
+                name=host.name,
+                order=order,
+                platforms=platforms,
+                primary_for=pins.get(host.name, ()),
+                last_used=float(known.get("last_used") or 0.0),
+            )
+        )
+    return views
+
+
+def hosts_to_check(views: Sequence[NodeView], requested: Sequence[str], allow_emulation: bool) -> list[str]:
+    """The hosts whose health the build needs: every host by default or when emulation may be needed, else the
+    hosts of the requested platforms and those whose platform is not known yet."""
+    if not requested or allow_emulation:
+        return [view.name for view in views]
+    return [view.name for view in views if not view.platforms or set(view.platforms) & set(requested)]
+
+
+# ---------------------------------------------------------------------------------------------- I/O: health
+
+
+class _Checks:
+    """The concurrent health checks of one build, started at once and read as they answer."""
+
+    def __init__(
+        self, inventory: Inventory, options: BuildOptions, known_workers: Mapping[str, tuple[str, ...]]
+    ) -> None:
+        self.inventory = inventory
+        self.hosts = {host.name: host for host in inventory.enabled_hosts}
+        self.options = options
+        self.known_workers = known_workers
+        self.tasks: dict[str, asyncio.Task[fleet.NodeCheck]] = {}
+        self.started = time.monotonic()
+        self.semaphore = asyncio.Semaphore(options.parallel or inventory.defaults.parallel)
+
+    def start(self, names: Iterable[str]) -> None:
+        """Start checking these hosts."""
+        for name in names:
+            self.tasks[name] = asyncio.ensure_future(self._check(self.hosts[name]))
+
+    async def _check(self, host: Host) -> fleet.NodeCheck:
+        async with self.semaphore:
+            return await fleet.check_node(self.inventory, host, known_workers=self.known_workers)
+
+    def result(self, name: str) -> fleet.NodeCheck | None:
+        """The answer of a finished check, if any."""
+        task = self.tasks.get(name)
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
+    def views(self, base: Sequence[NodeView]) -> list[NodeView]:
+        """The views with what the checks have answered so far."""
+        return [self._view(view) for view in base]
+
+    def _view(self, view: NodeView) -> NodeView:
+        task = self.tasks.get(view.name)
+        if task is None:
+            return view
+        if not task.done():
+            return replace(view, health=Health.PENDING)
+        check = self.result(view.name)
+        if check is None:
+            return replace(view, health=Health.FAILED, error="the health check crashed")
+        platforms = view.platforms
+        if check.result.platform and not self.hosts[view.name].platforms:
+            platforms = (check.result.platform,)
+        return replace(
+            view,
+            platforms=platforms,
+            health=Health.HEALTHY if check.healthy else Health.FAILED,
+            error=check.result.error,
+            workers=check.worker_platforms,
+        )
+
+    async def settle(self, base: Sequence[NodeView], choose: Callable[[list[NodeView], bool], Selection]) -> Selection:
+        """Choose again as checks answer, until the choice waits for none."""
+        grace = self.options.health_grace
+        while True:
+            elapsed = time.monotonic() - self.started
+            selection = choose(self.views(base), elapsed >= grace)
+            if not selection.pending:
+                return selection
+            running = [task for task in self.tasks.values() if not task.done()]
+            if not running:
+                await asyncio.sleep(max(0.01, grace - elapsed))
+                continue
+            timeout = None if elapsed >= grace else grace - elapsed
+            await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+
+    async def wait_for(self, names: Iterable[str]) -> None:
+        """Wait for the checks of these hosts (each is bounded by its connect timeout)."""
+        tasks = [self.tasks[name] for name in names if name in self.tasks and not self.tasks[name].done()]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def cancel(self) -> None:
+        """Stop the checks still running."""
+        for task in self.tasks.values():
+            task.cancel()
+
+    def checked(self) -> list[fleet.NodeCheck]:
+        """The answers so far, in the order the checks started."""
+        return [check for name in self.tasks if (check := self.result(name)) is not None]
+
+
+# ---------------------------------------------------------------------------------------------- I/O: running
+
+
+@dataclass
+class _Run:
+    """A finished buildx process."""
+
+    exit_status: int
+    seconds: float
+    lines: deque[str]
+    counts: tuple[int, int] | None
+    stdout: bytes
+
+
+async def _run_streaming(
+    argv: Sequence[str],
+    *,
+    label: str,
+    options: BuildOptions,
+    stdin: bytes | None,
+    inherit_stderr: bool,
+    abort: asyncio.Event | None = None,
+) -> _Run:
+    """Run buildx, passing each progress line on as it comes; killed (with its process group) on abort/cancel."""
+    log.debug("run %s", shlex.join(argv))
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=None if options.inherit_stdout else asyncio.subprocess.PIPE,
+        stderr=None if inherit_stderr else asyncio.subprocess.PIPE,
+        start_new_session=True,
+        limit=1 << 20,
+    )
+    lines: deque[str] = deque(maxlen=400)
+    counter = StepCounter()
+    stdout = bytearray()
+
+    async def feed() -> None:
+        if process.stdin is not None and stdin is not None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                process.stdin.write(stdin)
+                await process.stdin.drain()
+            process.stdin.close()
+
+    async def read_err() -> None:
+        if process.stderr is None:
+            return
+        while raw := await process.stderr.readline():
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            lines.append(line)
+            counter.feed(line)
+            options.progress(label, line)
+
+    async def read_out() -> None:
+        if process.stdout is not None:
+            stdout.extend(await process.stdout.read())
+
+    async def finish() -> int:
+        await asyncio.gather(feed(), read_err(), read_out())
+        return await process.wait()
+
+    waiter = asyncio.ensure_future(finish())
+    stopper = asyncio.ensure_future(abort.wait()) if abort is not None else None
+    try:
+        done, _ = await asyncio.wait([w for w in (waiter, stopper) if w is not None], return_when="FIRST_COMPLETED")
+        if waiter not in done:
+            _kill_group(process)
+            await waiter
+            return _Run(-1, time.monotonic() - started, lines, counter.counts, bytes(stdout))
+        code = waiter.result()
+    except asyncio.CancelledError:
+        _kill_group(process)
+        waiter.cancel()
+        raise
+    finally:
+        if stopper is not None:
+            stopper.cancel()
+    return _Run(code, time.monotonic() - started, lines, counter.counts, bytes(stdout))
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, 9)
+
+
+class _Build:
+    """One `nodefleet build` in progress: inventory, request, the record, helper builders."""
+
+    def __init__(self, inventory: Inventory, request: BuildRequest, options: BuildOptions, state_dir: Path) -> None:
+        self.inventory = inventory
+        self.request = request
+        self.options = options
+        self.hosts = {host.name: host for host in inventory.enabled_hosts}
+        self.record = BuildRecord(fleet.build_record_file(state_dir, inventory.builder))
+        self.config = fleet.resolve_buildkitd_config(inventory, BuilderState(state_dir, inventory.builder))
+        self.digest = config_digest(self.config)
+        self.helper_lock = asyncio.Lock()
+        self.abort = asyncio.Event()
+        self.views: dict[str, NodeView] = {}
+        self.tmp = Path(tempfile.mkdtemp(prefix="nodefleet-build-"))
+
+    async def helper(self, node: str) -> str:
+        """The node's single-node builder, created (or re-created when the inventory changed) on first use."""
+        name = fleet.helper_builder_name(self.inventory.builder, node)
+        view = self.views[node]
+        spec = fleet.node_spec(self.hosts[node], view.platforms, self.config, self.digest)
+        async with self.helper_lock, self.record.update() as record:
+            stored = buildx.read_store(name)
+            recorded = (record["helpers"].get(name) or {}).get("config_digest")
+            if stored is not None and _same_node(stored, spec) and recorded == self.digest:
+                return name
+            self.options.notice(f"preparing builder {name} (node {node}, sharing its BuildKit container)")
+            if stored is not None:
+                await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=120)
+            timeout = self.inventory.defaults.connect_timeout * 2 + 60
+            await buildx.run_local(buildx.create_argv(name, spec, append=False), timeout=timeout)
+            record["helpers"][name] = {"config_digest": self.digest}
+        return name
+
+    async def mark_used(self, nodes: Iterable[str]) -> None:
+        """Record that these nodes start a build now (the least recently used goes next)."""
+        now = time.time()
+        async with self.record.update() as record:
+            for node in nodes:
+                record["nodes"].setdefault(node, {})["last_used"] = now
+
+    async def remember(self, checks: Iterable[fleet.NodeCheck]) -> None:
+        """Record each checked host's platform and its container's worker platforms."""
+        async with self.record.update() as record:
+            for check in checks:
+                if check.result.platform is None:
+                    continue
+                entry = record["nodes"].setdefault(check.result.name, {})
+                entry["platforms"] = [check.result.platform]
+                if check.container_id and check.worker_platforms:
+                    entry["workers"] = {check.container_id: list(check.worker_platforms)}
+
+
+def _same_node(stored: buildx.StoredBuilder, spec: buildx.NodeSpec) -> bool:
+    if stored.driver != buildx.DRIVER or len(stored.nodes) != 1:
+        return False
+    node = stored.nodes[0]
+    return (
+        node.name == spec.name
+        and node.endpoint == spec.endpoint
+        and set(node.platforms) == set(spec.platforms)
+        and dict(node.driver_opts) == spec.all_driver_opts()
+    )
+
+
+def _known_workers(record: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    workers: dict[str, tuple[str, ...]] = {}
+    for entry in (record.get("nodes") or {}).values():
+        for container, platforms in (entry.get("workers") or {}).items():
+            workers[str(container)] = tuple(str(platform) for platform in platforms)
+    return workers
+
+
+def _main_pins(builder: str, notes: list[str]) -> dict[str, tuple[str, ...]]:
+    try:
+        stored = buildx.read_store(builder)
+    except buildx.CorruptStoreError as exc:
+        notes.append(f"builder {builder}: {exc}")
+        return {}
+    if stored is None:
+        notes.append(f"builder {builder} does not exist yet; `nodefleet up` creates it")
+        return {}
+    return {node.name: node.platforms for node in stored.nodes}
+
+
+# ---------------------------------------------------------------------------------------------- I/O: the build
+
+
+async def build(inventory: Inventory, request: BuildRequest, options: BuildOptions | None = None) -> BuildReport:
+    """Build every requested platform natively on the fleet; returns one result per platform."""
+    options = options or BuildOptions()
+    started = time.monotonic()
+    report = BuildReport(inventory.builder)
+    if not inventory.enabled_hosts:
+        raise UsageError(f"{inventory.path}: no enabled hosts")
+    state_dir = options.state_dir or default_state_dir()
+    job = _Build(inventory, request, options, state_dir)
+    try:
+        await _build(job, report)
+    finally:
+        report.seconds = time.monotonic() - started
+        with contextlib.suppress(OSError):
+            for path in job.tmp.iterdir():
+                path.unlink()
+            job.tmp.rmdir()
+    return report
+
+
+async def _build(job: _Build, report: BuildReport) -> None:
+    request = job.request
+    record = job.record.load()
+    pins = _main_pins(job.inventory.builder, report.notes)
+    base = initial_views(job.inventory.enabled_hosts, record, pins)
+    checks = _Checks(job.inventory, job.options, _known_workers(record))
+    wanted = set(hosts_to_check(base, request.platforms, request.allow_emulation))
+    checks.start(view.name for view in base if view.name in wanted)
+    hint = f"inventory {job.inventory.path}"
+    try:
+        selection = await checks.settle(
+            base,
+            lambda views, grace: select_nodes(
+                views, request.platforms, allow_emulation=request.allow_emulation, grace_over=grace, hint=hint
+            ),
+        )
+        layout = choose_layout(request, len(selection.choices))
+        if layout is Layout.COMBINED and not selection.refused:
+            selection = await checks.settle(
+                base,
+                lambda views, grace: select_nodes(
+                    views,
+                    [choice.platform for choice in selection.choices],
+                    allow_emulation=False,
+                    grace_over=grace,
+                    primaries_only=True,
+                    hint="an output that cannot be split across nodes is built on the main builder, by primaries",
+                ),
+            )
+        report.layout = layout
+        report.nodes = [check.result for check in checks.checked()]
+        await job.remember(checks.checked())
+        job.views = {view.name: view for view in checks.views(base)}
+        report.notes += list(selection.skipped)
+        if selection.refused:
+            _refuse(report, selection)
+            return
+        check_layout(request, layout, len(selection.choices))
+        report.platforms = [_result_for(job, choice) for choice in selection.choices]
+        await job.mark_used(choice.node for choice in selection.choices)
+        if layout is Layout.COMBINED:
+            await _run_combined(job, report, selection)
+        else:
+            await _run_split(job, report, selection, checks)
+    finally:
+        checks.cancel()
+
+
+def _refuse(report: BuildReport, selection: Selection) -> None:
+    refused = dict(selection.refused)
+    report.failure = "; ".join(refused.values())
+    report.platforms = [
+        PlatformResult(platform, status="refused", error=message) for platform, message in refused.items()
+    ]
+    report.platforms += [
+        PlatformResult(
+            choice.platform,
+            node=choice.node,
+            emulated=choice.emulated,
+            status="not built",
+            error="another platform was refused",
+        )
+        for choice in selection.choices
+    ]
+
+
+def _result_for(job: _Build, choice: Choice) -> PlatformResult:
+    view = job.views.get(choice.node)
+    return PlatformResult(
+        choice.platform,
+        node=choice.node,
+        node_platform=view.platforms[0] if view and view.platforms else None,
+        emulated=choice.emulated,
+    )
+
+
+async def _run_split(job: _Build, report: BuildReport, selection: Selection, checks: _Checks) -> None:
+    count = len(selection.choices)
+    progress, inherit = progress_mode(job.request, count)
+    semaphore = asyncio.Semaphore(job.options.parallel or count)
+
+    async def one(choice: Choice, result: PlatformResult) -> None:
+        async with semaphore:
+            await _build_platform(job, choice, result, checks, count=count, progress=progress, inherit=inherit)
+
+    await asyncio.gather(*(one(c, r) for c, r in zip(selection.choices, report.platforms, strict=True)))
+    if not all(result.status == "built" for result in report.platforms):
+        _write_metadata(job, report)
+        return
+    if job.request.push:
+        await _assemble_index(job, report)
+    _write_metadata(job, report)
+
+
+async def _build_platform(
+    job: _Build, choice: Choice, result: PlatformResult, checks: _Checks, *, count: int, progress: str, inherit: bool
+) -> None:
+    """Build one platform; an infrastructure failure is retried once on another node of that platform."""
+    node = choice.node
+    label = choice.platform if count > 1 else ""
+    while True:
+        attempt = Attempt(node)
+        result.attempts.append(attempt)
+        result.node = node
+        await _attempt(
+            job, choice.platform, attempt, result, label=label, count=count, progress=progress, inherit=inherit
+        )
+        if attempt.status in {"built", "cancelled"}:
+            result.status = attempt.status
+            result.error = attempt.error
+            return
+        retry = None
+        if attempt.error_kind is FailureKind.INFRASTRUCTURE and len(result.attempts) == 1 and not job.abort.is_set():
+            retry = await _next_node(job, choice, checks, exclude={node})
+        if retry is None:
+            result.status = "failed"
+            result.error = attempt.error
+            result.error_kind = attempt.error_kind
+            job.abort.set()  # as in buildx, one platform failing fails the build: the others stop
+            return
+        job.options.notice(f"{choice.platform}: {node} failed ({attempt.error_kind}); retrying once on {retry}")
+        await job.mark_used([retry])
+        node = retry
+
+
+async def _next_node(job: _Build, choice: Choice, checks: _Checks, exclude: set[str]) -> str | None:
+    """The next healthy node able to take the platform, waiting for checks still running."""
+    candidates = [name for name in choice.candidates if name not in exclude]
+    await checks.wait_for(candidates)
+    for name in candidates:
+        check = checks.result(name)
+        if check is not None and check.healthy:
+            return name
+    return None
+
+
+async def _attempt(
+    job: _Build,
+    platform: str,
+    attempt: Attempt,
+    result: PlatformResult,
+    *,
+    label: str,
+    count: int,
+    progress: str,
+    inherit: bool,
+) -> None:
+    try:
+        helper = await job.helper(attempt.node)
+    except (NodefleetError, OSError) as exc:
+        attempt.status = "failed"
+        attempt.error = f"cannot prepare the builder for {attempt.node}: {exc}"
+        attempt.error_kind = FailureKind.INFRASTRUCTURE
+        return
+    metadata = job.tmp / f"{platform_slug(platform)}-{len(result.attempts)}.json"
+    argv = platform_argv(job.request, platform, helper, platforms=count, metadata_file=str(metadata), progress=progress)
+    mode = "emulating" if result.emulated else "natively"
+    job.options.notice(f"{platform}: building {mode} on {attempt.node}")
+    run = await _run_streaming(
+        argv, label=label, options=job.options, stdin=job.request.stdin, inherit_stderr=inherit, abort=job.abort
+    )
+    attempt.seconds = run.seconds
+    result.seconds = run.seconds
+    if run.counts is not None:
+        result.steps, result.cached_steps = run.counts
+    if run.exit_status == 0:
+        attempt.status = "built"
+        with contextlib.suppress(OSError, ValueError):
+            result.metadata = json.loads(metadata.read_text())
+        return
+    if job.abort.is_set():
+        attempt.status = "cancelled"
+        attempt.error = "stopped: another platform failed"
+        return
+    attempt.status = "failed"
+    attempt.error = error_text(run.lines) or f"docker buildx build exited {run.exit_status}"
+    attempt.error_kind = classify_failure(attempt.error)
+
+
+async def _assemble_index(job: _Build, report: BuildReport) -> None:
+    """Put the platforms' pushed images in one index under every name, then read its manifests back."""
+    request = job.request
+    names = request.image_names
+    repo = repository(names[0])
+    sources = []
+    for result in report.platforms:
+        digest = result.metadata.get("containerimage.digest")
+        if not digest:
+            report.failure = f"{result.platform}: buildx's metadata has no containerimage.digest; nothing to assemble"
+            return
+        sources.append(f"{repo}@{digest}")
+    helper = await job.helper(report.platforms[0].node or "")
+    job.options.notice(f"assembling the index {', '.join(names)} from {len(sources)} platforms")
+    try:
+        await _run_logged(job, imagetools_create_argv(helper, names, sources))
+        inspected = await buildx.run_local(imagetools_inspect_argv(helper, names[0]), timeout=120)
+    except CommandError as exc:
+        report.failure = f"assembling the index failed: {exc}"
+        return
+    report.pushed = True
+    report.names = tuple(names)
+    report.index_digest, digests = index_digests(inspected.stdout)
+    for result in report.platforms:
+        result.manifest_digest = digests.get(result.platform)
+        if result.manifest_digest is None:
+            report.failure = f"the pushed index {names[0]} has no {result.platform} manifest"
+
+
+async def _run_logged(job: _Build, argv: list[str]) -> None:
+    run = await _run_streaming(
+        argv, label="index", options=replace(job.options, inherit_stdout=False), stdin=None, inherit_stderr=False
+    )
+    if run.exit_status != 0:
+        raise CommandError(shlex.join(argv), run.exit_status, "\n".join(run.lines))
+
+
+async def _run_combined(job: _Build, report: BuildReport, selection: Selection) -> None:
+    """One build for every platform on the main builder; its pins route each platform to the chosen primary."""
+    request = job.request
+    platforms = [choice.platform for choice in selection.choices]
+    progress, inherit = progress_mode(request, 1)
+    metadata = job.tmp / "combined.json"
+    argv = combined_argv(request, platforms, job.inventory.builder, metadata_file=str(metadata), progress=progress)
+    job.options.notice(
+        f"building {', '.join(platforms)} in one build on {job.inventory.builder} (the output cannot be split)"
+    )
+    run = await _run_streaming(argv, label="", options=job.options, stdin=request.stdin, inherit_stderr=inherit)
+    error = None if run.exit_status == 0 else (error_text(run.lines) or f"exited {run.exit_status}")
+    kind = classify_failure(error) if error else None
+    for result in report.platforms:
+        result.seconds = run.seconds
+        result.status = "built" if error is None else "failed"
+        result.error = error
+        result.error_kind = kind
+        result.attempts.append(Attempt(result.node or "", result.status, run.seconds, error, kind))
+    if error is None and request.metadata_file:
+        _copy_file(metadata, Path(request.metadata_file))
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    with contextlib.suppress(OSError):
+        target.write_bytes(source.read_bytes())
+
+
+def _write_metadata(job: _Build, report: BuildReport) -> None:
+    request = job.request
+    if report.index_digest and request.iidfile:
+        Path(request.iidfile).write_text(report.index_digest)
+    if not request.metadata_file:
+        return
+    per_platform = {result.platform: result.metadata for result in report.platforms if result.metadata}
+    nodes = {result.platform: result.node or "" for result in report.platforms}
+    merged = merge_metadata(per_platform, nodes, index_digest=report.index_digest, names=report.names)
+    Path(request.metadata_file).write_text(json.dumps(merged, indent=2) + "\n")

@@ -1,0 +1,583 @@
+"""`nodefleet build`'s pure parts: argument sorting, node choice, argv, reading buildx's output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from nodefleet.build import (
+    BuildRecord,
+    BuildRequest,
+    Choice,
+    FailureKind,
+    Health,
+    Layout,
+    NodeView,
+    Output,
+    StepCounter,
+    check_layout,
+    choose_layout,
+    classify_failure,
+    combined_argv,
+    emulation_order,
+    error_text,
+    format_output,
+    hosts_to_check,
+    imagetools_create_argv,
+    index_digests,
+    merge_metadata,
+    parse_output,
+    parse_request,
+    platform_argv,
+    progress_mode,
+    repository,
+    select_nodes,
+    split_command_line,
+)
+from nodefleet.errors import UsageError
+from nodefleet.fleet import parse_node_check
+
+AMD = "linux/amd64"
+ARM = "linux/arm64"
+V7 = "linux/arm/v7"
+V6 = "linux/arm/v6"
+
+# ---------------------------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize(
+    ("args", "own", "rest"),
+    [
+        (["-i", "inv.toml", "-t", "a:1", "."], ["-i", "inv.toml"], ["-t", "a:1", "."]),
+        (["--platform", "linux/arm64", "--push", "."], ["--platform", "linux/arm64"], ["--push", "."]),
+        (["--platform=linux/arm64", "--json", "ctx"], ["--platform=linux/arm64", "--json"], ["ctx"]),
+        # a buildx value that looks like a nodefleet option stays buildx's
+        (["--label", "--json", "."], [], ["--label", "--json", "."]),
+        (["-f", "-i.Dockerfile", "."], [], ["-f", "-i.Dockerfile", "."]),
+        # an attached short value is one token
+        (["-fDockerfile.i", "-iinv.toml", "."], ["-iinv.toml"], ["-fDockerfile.i", "."]),
+        (
+            ["--cache-ref", "reg/app/cache", "--allow-emulation", "."],
+            ["--cache-ref", "reg/app/cache", "--allow-emulation"],
+            ["."],
+        ),
+        (["--parallel", "2", "-qt", "x:1", "."], ["--parallel", "2"], ["-qt", "x:1", "."]),
+        (["--", "--json"], [], ["--", "--json"]),
+        (["--build-arg", "A=1", "--no-cache", "."], [], ["--build-arg", "A=1", "--no-cache", "."]),
+    ],
+)
+def test_split_command_line(args: list[str], own: list[str], rest: list[str]) -> None:
+    assert split_command_line(args) == (own, rest)
+
+
+def test_request_sorts_what_nodefleet_handles_and_passes_the_rest_untouched() -> None:
+    request = parse_request(
+        [
+            "-t",
+            "reg:5443/app:1",
+            "--tag=reg:5443/app:latest",
+            "--build-arg",
+            "A=1",
+            "-f",
+            "Dockerfile.x",
+            "--secret",
+            "id=s,src=/tmp/s",
+            "--push",
+            "--metadata-file",
+            "meta.json",
+            "--progress=plain",
+            "--target",
+            "final",
+            ".",
+        ],
+        platforms=("arm64", "linux/amd64,linux/arm/v7"),
+    )
+    assert request.context == "."
+    assert request.tags == ("reg:5443/app:1", "reg:5443/app:latest")
+    assert request.push and request.image_names == request.tags
+    assert request.platforms == (ARM, AMD, V7)
+    assert request.metadata_file == "meta.json"
+    assert request.progress == "plain"
+    assert request.passthrough == (
+        "--build-arg",
+        "A=1",
+        "-f",
+        "Dockerfile.x",
+        "--secret",
+        "id=s,src=/tmp/s",
+        "--target",
+        "final",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "no build context"),
+        (["a", "b"], "several build contexts"),
+        (["--builder", "x", "."], "drop --builder"),
+        (["--push", "."], "needs an image name"),
+        (["--tag"], "needs a value"),
+        (["-o", "dest=out", "."], "type is required"),
+        (["--platform", "linux/arm64!", "."], "--platform"),
+    ],
+)
+def test_request_usage_errors(args: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_request(args)
+
+
+def test_cache_ref_is_a_repository_and_excludes_cache_to() -> None:
+    assert parse_request(["."], cache_ref="10.231.0.1:5443/lab/cache").cache_ref == "10.231.0.1:5443/lab/cache"
+    with pytest.raises(UsageError, match="without tag"):
+        parse_request(["."], cache_ref="reg/cache:v1")
+    with pytest.raises(UsageError, match="drop --cache-to"):
+        parse_request(["--cache-to", "type=inline", "."], cache_ref="reg/cache")
+    # importing more caches is fine
+    assert parse_request(["--cache-from", "reg/other", "."], cache_ref="reg/cache").passthrough == (
+        "--cache-from",
+        "reg/other",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("-", Output("tar", {"dest": "-"})),
+        ("./out", Output("local", {"dest": "./out"})),
+        ("type=registry", Output("registry", {})),
+        ("type=image,name=reg/a:1,push=true", Output("image", {"name": "reg/a:1", "push": "true"})),
+        ('type=image,"name=reg/a:1,reg/a:2",push=true', Output("image", {"name": "reg/a:1,reg/a:2", "push": "true"})),
+        ("type=oci,dest=out.tar", Output("oci", {"dest": "out.tar"})),
+    ],
+)
+def test_parse_output(value: str, expected: Output) -> None:
+    output = parse_output(value)
+    assert output == expected
+    assert parse_output(format_output(output)) == output
+
+
+def test_output_push_and_names() -> None:
+    assert parse_output('type=image,"name=r/a:1,r/a:2",push=true').names == ("r/a:1", "r/a:2")
+    assert parse_output("type=registry").push
+    assert not parse_output("type=image,name=r/a").push
+    assert not parse_output("type=docker").push
+    request = parse_request(['--output=type=image,"name=r/a:1,r/a:2",push=true', "."])
+    assert request.push and request.image_names == ("r/a:1", "r/a:2")
+    assert parse_request(["--push=false", "-t", "a", "."]).push is False
+    assert parse_request(["--load", "-t", "a", "."]).outputs == (Output("docker"),)
+
+
+@pytest.mark.parametrize(
+    ("reference", "repo"),
+    [
+        ("reg:5443/lab/app:1.0", "reg:5443/lab/app"),
+        ("reg:5443/lab/app", "reg:5443/lab/app"),
+        ("app@sha256:abc", "app"),
+        ("reg/app:1@sha256:abc", "reg/app"),
+    ],
+)
+def test_repository(reference: str, repo: str) -> None:
+    assert repository(reference) == repo
+
+
+# ---------------------------------------------------------------------------------------------- layout and argv
+
+
+@pytest.mark.parametrize(
+    ("args", "platforms", "layout"),
+    [
+        (["--push", "-t", "a", "."], 3, Layout.SPLIT),
+        (["."], 3, Layout.SPLIT),
+        (["-o", "type=local,dest=out", "."], 3, Layout.SPLIT),
+        (["--load", "."], 1, Layout.SPLIT),
+        (["--load", "."], 2, Layout.COMBINED),
+        (["-o", "type=oci,dest=o.tar", "."], 2, Layout.COMBINED),
+        (["-o", "-", "."], 2, Layout.COMBINED),
+        (["-o", "-", "."], 1, Layout.SPLIT),
+    ],
+)
+def test_choose_layout(args: list[str], platforms: int, layout: Layout) -> None:
+    assert choose_layout(parse_request(args), platforms) is layout
+
+
+def test_check_layout_refuses_what_cannot_work() -> None:
+    with pytest.raises(UsageError, match="--cache-ref needs one build per platform"):
+        check_layout(parse_request(["--load", "."], cache_ref="r/c"), Layout.COMBINED, 2)
+    with pytest.raises(UsageError, match="--iidfile"):
+        check_layout(parse_request(["--iidfile", "id", "."]), Layout.SPLIT, 2)
+    check_layout(parse_request(["--iidfile", "id", "--push", "-t", "r/a", "."]), Layout.SPLIT, 2)
+
+
+def test_platform_argv_pushes_by_digest_with_a_cache_per_platform() -> None:
+    request = parse_request(
+        ["-t", "reg/app:1", "-t", "reg/app:latest", "--push", "--build-arg", "A=1", "--iidfile", "id", "ctx"],
+        cache_ref="reg/cache",
+    )
+    argv = platform_argv(request, V7, "fleet--armv7-1", platforms=3, metadata_file="/tmp/m.json", progress="plain")
+    assert argv == [
+        "docker",
+        "buildx",
+        "build",
+        "--builder",
+        "fleet--armv7-1",
+        "--platform",
+        V7,
+        "--progress",
+        "plain",
+        "--build-arg",
+        "A=1",
+        "--output",
+        "type=image,name=reg/app,push-by-digest=true,name-canonical=true,push=true",
+        "--cache-from",
+        "type=registry,ref=reg/cache:linux-arm-v7",
+        "--cache-to",
+        "type=registry,ref=reg/cache:linux-arm-v7,mode=max",
+        "--metadata-file",
+        "/tmp/m.json",
+        "--",
+        "ctx",
+    ]
+
+
+def test_platform_argv_keeps_output_attributes_and_splits_local_folders() -> None:
+    request = parse_request(["-o", "type=image,name=r/a:1,push=true,compression=zstd", "."])
+    argv = platform_argv(request, ARM, "b", platforms=2, metadata_file="m", progress="plain")
+    assert "type=image,compression=zstd,name=r/a,push-by-digest=true,name-canonical=true,push=true" in argv
+    local = parse_request(["-o", "type=local,dest=out", "."])
+    assert "type=local,dest=out/linux_arm64" in platform_argv(
+        local, ARM, "b", platforms=2, metadata_file="m", progress="plain"
+    )
+    assert "type=local,dest=out" in platform_argv(local, ARM, "b", platforms=1, metadata_file="m", progress="plain")
+
+
+def test_platform_argv_single_platform_passes_tags_load_and_iidfile() -> None:
+    request = parse_request(["-t", "app:dev", "--load", "--iidfile", "id.txt", "."])
+    argv = platform_argv(request, AMD, "b--amd64-1", platforms=1, metadata_file="m", progress="plain")
+    assert argv[-2:] == ["--", "."]
+    assert argv[argv.index("--tag") : argv.index("--tag") + 2] == ["--tag", "app:dev"]
+    assert "type=docker" in argv
+    assert "--iidfile" in argv
+
+
+def test_combined_argv_uses_the_main_builder_and_passes_outputs() -> None:
+    request = parse_request(["-t", "a", "-o", "type=oci,dest=out.tar", "--metadata-file", "m.json", "."])
+    argv = combined_argv(request, [AMD, ARM], "fleet", metadata_file="/tmp/c.json", progress="plain")
+    assert argv[:8] == ["docker", "buildx", "build", "--builder", "fleet", "--platform", f"{AMD},{ARM}", "--progress"]
+    assert "type=oci,dest=out.tar" in argv
+    assert argv[argv.index("--metadata-file") + 1] == "/tmp/c.json"
+
+
+def test_imagetools_create_argv() -> None:
+    assert imagetools_create_argv("b", ["r/a:1", "r/a:2"], ["r/a@sha256:1", "r/a@sha256:2"]) == [
+        "docker",
+        "buildx",
+        "imagetools",
+        "create",
+        "--builder",
+        "b",
+        "--progress",
+        "plain",
+        "--tag",
+        "r/a:1",
+        "--tag",
+        "r/a:2",
+        "r/a@sha256:1",
+        "r/a@sha256:2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("progress", "builds", "expected"),
+    [
+        (None, 3, ("plain", False)),
+        ("auto", 1, ("plain", False)),
+        ("tty", 1, ("tty", True)),
+        ("tty", 2, ("plain", False)),
+        ("quiet", 2, ("quiet", False)),
+        ("rawjson", 2, ("rawjson", False)),
+    ],
+)
+def test_progress_mode(progress: str | None, builds: int, expected: tuple[str, bool]) -> None:
+    assert progress_mode(BuildRequest(".", progress=progress), builds) == expected
+
+
+# ---------------------------------------------------------------------------------------------- choosing nodes
+
+H, F, P, U = Health.HEALTHY, Health.FAILED, Health.PENDING, Health.UNCHECKED
+
+
+def view(
+    name: str, order: int, platform: str | None, health: Health = H, last_used: float = 0.0, **kw: object
+) -> NodeView:
+    workers = kw.pop("workers", (platform,) if platform else ())
+    return NodeView(
+        name,
+        order,
+        (platform,) if platform else (),
+        health=health,
+        last_used=last_used,
+        workers=tuple(workers),  # type: ignore[arg-type]
+        error=kw.pop("error", None),  # type: ignore[arg-type]
+        primary_for=tuple(kw.pop("primary_for", ())),  # type: ignore[arg-type]
+    )
+
+
+def fleet(arm1: Health = H, arm2: Health = H, *, used1: float = 0.0, used2: float = 0.0) -> list[NodeView]:
+    return [
+        view("amd64-1", 0, AMD, workers=(AMD, "linux/386", ARM, V7, V6), primary_for=(AMD,)),
+        view("arm64-1", 1, ARM, arm1, used1, workers=(ARM, V7, V6), primary_for=(ARM,)),
+        view("arm64-2", 2, ARM, arm2, used2, workers=(ARM, V7, V6)),
+        view("armv7-1", 3, V7, workers=(V7, V6), primary_for=(V7,)),
+    ]
+
+
+def chosen(selection: object) -> dict[str, tuple[str, bool]]:
+    return {c.platform: (c.node, c.emulated) for c in selection.choices}  # type: ignore[attr-defined]
+
+
+def test_each_platform_on_its_native_node() -> None:
+    selection = select_nodes(fleet(), [AMD, ARM, V7], allow_emulation=False, grace_over=False)
+    assert chosen(selection) == {AMD: ("amd64-1", False), ARM: ("arm64-1", False), V7: ("armv7-1", False)}
+    assert not selection.refused and not selection.pending
+
+
+def test_least_recently_used_node_of_a_platform_goes_next() -> None:
+    assert chosen(select_nodes(fleet(used1=20, used2=10), [ARM], allow_emulation=False, grace_over=False)) == {
+        ARM: ("arm64-2", False)
+    }
+    assert chosen(select_nodes(fleet(used1=10, used2=20), [ARM], allow_emulation=False, grace_over=False)) == {
+        ARM: ("arm64-1", False)
+    }
+    # ties go to inventory order
+    assert chosen(select_nodes(fleet(), [ARM], allow_emulation=False, grace_over=False))[ARM][0] == "arm64-1"
+
+
+def test_retry_candidates_are_the_other_native_nodes() -> None:
+    (choice,) = select_nodes(fleet(), [ARM], allow_emulation=False, grace_over=False).choices
+    assert choice == Choice(ARM, "arm64-1", False, ("arm64-2",))
+    (choice,) = select_nodes(fleet(arm2=F), [ARM], allow_emulation=False, grace_over=False).choices
+    assert choice.candidates == ()
+
+
+def test_down_node_is_routed_around() -> None:
+    selection = select_nodes(fleet(arm1=F), [ARM], allow_emulation=False, grace_over=False)
+    assert chosen(selection) == {ARM: ("arm64-2", False)}
+
+
+def test_a_preferred_node_that_has_not_answered_is_waited_for_until_the_grace_ends() -> None:
+    assert select_nodes(fleet(arm1=P), [ARM], allow_emulation=False, grace_over=False).pending
+    selection = select_nodes(fleet(arm1=P), [ARM], allow_emulation=False, grace_over=True)
+    assert chosen(selection) == {ARM: ("arm64-2", False)}
+    assert selection.choices[0].candidates == ("arm64-1",)
+    # the preferred node answering healthy needs no grace
+    assert chosen(select_nodes(fleet(arm2=P), [ARM], allow_emulation=False, grace_over=False)) == {
+        ARM: ("arm64-1", False)
+    }
+
+
+def test_a_platform_whose_only_nodes_are_still_checking_waits_even_after_the_grace() -> None:
+    assert select_nodes(fleet(arm1=P, arm2=P), [ARM], allow_emulation=False, grace_over=True).pending
+
+
+def test_a_platform_with_no_host_is_refused_naming_the_hosts_and_how_to_add_one() -> None:
+    selection = select_nodes(fleet(), [AMD, "linux/riscv64"], allow_emulation=False, grace_over=False)
+    ((platform, message),) = selection.refused
+    assert platform == "linux/riscv64"
+    assert "no host in the inventory builds it natively" in message
+    assert "amd64-1 linux/amd64" in message
+    assert "[[hosts]]" in message and "nodefleet up" in message and "--allow-emulation" in message
+
+
+def test_a_platform_whose_nodes_are_all_down_is_refused_with_their_state() -> None:
+    views = fleet(arm1=F, arm2=F)
+    views[1] = NodeView("arm64-1", 1, (ARM,), health=F, error="ssh: timed out")
+    selection = select_nodes(views, [ARM], allow_emulation=False, grace_over=True)
+    ((platform, message),) = selection.refused
+    assert platform == ARM
+    assert "arm64-1 failed (ssh: timed out)" in message and "arm64-2 failed" in message
+    assert not selection.choices
+
+
+def test_emulation_only_when_asked_preferring_the_same_architecture() -> None:
+    selection = select_nodes(fleet(), [V6], allow_emulation=True, grace_over=True)
+    assert chosen(selection) == {V6: ("armv7-1", True)}
+    assert selection.choices[0].candidates == ("arm64-1", "arm64-2", "amd64-1")
+    assert select_nodes(fleet(), [V6], allow_emulation=False, grace_over=True).refused
+
+
+def test_emulation_spreads_over_nodes_and_needs_a_worker_listing_the_platform() -> None:
+    views = [
+        view("amd64-1", 0, AMD, workers=(AMD, ARM, V7)),
+        view("amd64-2", 1, AMD, workers=(AMD, ARM, V7)),
+    ]
+    selection = select_nodes(views, [ARM, V7], allow_emulation=True, grace_over=True)
+    assert chosen(selection) == {ARM: ("amd64-1", True), V7: ("amd64-2", True)}
+    refused = select_nodes(views, ["linux/riscv64"], allow_emulation=True, grace_over=True)
+    assert "no healthy node can emulate it" in refused.refused[0][1]
+
+
+def test_emulation_order_ranks_relatives_first() -> None:
+    order = [v.name for v in emulation_order(fleet(), "linux/arm/v5", {})]
+    assert order == []  # no worker lists v5
+    order = [v.name for v in emulation_order(fleet(), V6, {"armv7-1": 1})]
+    assert order == ["armv7-1", "arm64-1", "arm64-2", "amd64-1"]
+
+
+def test_default_platforms_are_those_of_healthy_nodes_and_a_dead_platform_is_skipped() -> None:
+    views = fleet()
+    views[3] = view("armv7-1", 3, V7, F, error="ssh: timed out")
+    selection = select_nodes(views, [], allow_emulation=False, grace_over=True)
+    assert chosen(selection) == {AMD: ("amd64-1", False), ARM: ("arm64-1", False)}
+    assert not selection.refused
+    assert selection.skipped == ("linux/arm/v7 skipped: armv7-1 failed (ssh: timed out)",)
+
+
+def test_default_platforms_wait_for_a_host_whose_platform_is_unknown() -> None:
+    views = [*fleet(), NodeView("new-1", 4, (), health=P)]
+    assert select_nodes(views, [], allow_emulation=False, grace_over=True).pending
+
+
+def test_nothing_healthy_is_refused() -> None:
+    views = [view("amd64-1", 0, AMD, F)]
+    selection = select_nodes(views, [], allow_emulation=False, grace_over=True)
+    assert selection.refused and "no healthy node" in selection.refused[0][1]
+
+
+def test_primaries_only_for_a_combined_build() -> None:
+    selection = select_nodes(fleet(used1=9), [ARM], allow_emulation=False, grace_over=True, primaries_only=True)
+    assert chosen(selection) == {ARM: ("arm64-1", False)}
+    refused = select_nodes(fleet(arm1=F), [ARM], allow_emulation=False, grace_over=True, primaries_only=True, hint="h")
+    assert refused.refused and "(h)" in refused.refused[0][1]
+
+
+def test_hosts_to_check() -> None:
+    views = [view("amd64-1", 0, AMD, U), view("arm64-1", 1, ARM, U), NodeView("x", 2, ())]
+    assert hosts_to_check(views, [ARM], allow_emulation=False) == ["arm64-1", "x"]
+    assert hosts_to_check(views, [], allow_emulation=False) == ["amd64-1", "arm64-1", "x"]
+    assert hosts_to_check(views, [ARM], allow_emulation=True) == ["amd64-1", "arm64-1", "x"]
+
+
+# ---------------------------------------------------------------------------------------------- reading buildx
+
+PLAIN = """\
+#0 building with "fleet--arm64-1" instance using docker-container driver
+#1 [internal] load build definition from Dockerfile
+#1 DONE 0.0s
+#4 [build 1/2] FROM 10.231.0.1:5443/lab/busybox:stable@sha256:0123
+#4 CACHED
+#5 [build 2/2] RUN echo hi > /log
+#5 CACHED
+#6 [stage-1 2/2] COPY --from=build /log /log
+#6 DONE 0.1s
+#7 exporting to image
+#7 DONE 0.2s
+"""
+
+
+def test_step_counter_counts_dockerfile_steps_and_cached_ones() -> None:
+    counter = StepCounter()
+    for line in PLAIN.splitlines():
+        counter.feed(line)
+    assert counter.counts == (2, 1)
+    assert StepCounter().counts is None
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (
+            'ERROR: failed to solve: process "/bin/sh -c exit 3" did not complete successfully: exit code: 3',
+            "dockerfile",
+        ),
+        ("ERROR: failed to solve: dockerfile parse error on line 2: unknown instruction: RUNN", "dockerfile"),
+        ('ERROR: failed to solve: failed to compute cache key: "/missing": not found', "dockerfile"),
+        ("ERROR: failed to solve: Unavailable: error reading from server: EOF", "infrastructure"),
+        ("ERROR: failed to dial gRPC: cannot connect to the Docker daemon", "infrastructure"),
+        ("ERROR: Error response from daemon: No such container: buildx_buildkit_arm64-1", "infrastructure"),
+        ("ERROR: failed to solve: rpc error: code = Unavailable desc = connection reset by peer", "infrastructure"),
+        ("ERROR: unexpected EOF", "infrastructure"),
+        ("ERROR: failed to push reg/app: unauthorized", "other"),
+    ],
+)
+def test_classify_failure(error: str, kind: str) -> None:
+    assert classify_failure(error) is FailureKind(kind)
+
+
+def test_a_failing_run_whose_output_mentions_connections_is_still_a_dockerfile_error() -> None:
+    lines = [
+        "#5 0.3 curl: (7) Failed to connect: Connection refused",
+        '#5 ERROR: process "/bin/sh -c curl x" did not complete successfully: exit code: 7',
+        'ERROR: failed to solve: process "/bin/sh -c curl x" did not complete successfully: exit code: 7',
+    ]
+    text = error_text(lines)
+    assert text == lines[-1]
+    assert classify_failure(text) is FailureKind.DOCKERFILE
+    assert error_text(["a", "", "b"]) == "a\nb"
+
+
+INDEX = {
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.index.v1+json",
+    "digest": "sha256:index",
+    "manifests": [
+        {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "sha256:v7", "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+        {
+            "digest": "sha256:att",
+            "platform": {"os": "unknown", "architecture": "unknown"},
+            "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+        },
+    ],
+}
+
+
+def test_index_digests_leave_attestations_out() -> None:
+    assert index_digests(json.dumps(INDEX)) == ("sha256:index", {AMD: "sha256:amd", V7: "sha256:v7"})
+    assert index_digests("not json") == (None, {})
+
+
+def test_merge_metadata() -> None:
+    per = {AMD: {"containerimage.digest": "sha256:a"}, ARM: {"containerimage.digest": "sha256:b"}}
+    merged = merge_metadata(per, {AMD: "amd64-1", ARM: "arm64-2"}, index_digest="sha256:i", names=["r/a:1", "r/a:2"])
+    assert merged["containerimage.digest"] == "sha256:i"
+    assert merged["image.name"] == "r/a:1,r/a:2"
+    assert merged["nodefleet.platforms"][ARM] == {"containerimage.digest": "sha256:b", "nodefleet.node": "arm64-2"}
+    single = merge_metadata({AMD: {"buildx.build.ref": "x"}}, {AMD: "amd64-1"}, index_digest=None, names=[])
+    assert single["buildx.build.ref"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("machine=x\ncontainer=" + "a" * 64 + " running\n", ("a" * 64, "running", None)),
+        ("container=" + "b" * 64 + " exited\n", ("b" * 64, "exited", None)),
+        ("container=Error: No such object: buildx_buildkit_x\n", (None, "missing", None)),
+    ],
+)
+def test_parse_node_check(output: str, expected: tuple[str | None, str, str | None]) -> None:
+    assert parse_node_check(output) == expected
+
+
+def test_parse_node_check_names_an_engine_problem() -> None:
+    container, state, problem = parse_node_check(
+        "container=Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n"
+    )
+    assert (container, state) == (None, "unknown")
+    assert problem is not None and "not running" in problem
+
+
+def test_build_record_update_is_saved(tmp_path: Path) -> None:
+    record = BuildRecord(tmp_path / "state" / "fleet-build.json")
+    assert record.load()["nodes"] == {}
+
+    async def go() -> None:
+        async with record.update() as data:
+            data["nodes"]["arm64-1"] = {"last_used": 5.0}
+
+    asyncio.run(go())
+    assert record.load()["nodes"] == {"arm64-1": {"last_used": 5.0}}
+    assert (tmp_path / "state" / "fleet-build.json").stat().st_mode & 0o777 == 0o600
