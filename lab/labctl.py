@@ -355,6 +355,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # ip, dockerd, sshd, useradd live in sbin, which a non-login root environment may lack.
+    path = os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(path + [d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin") if d not in path])
     return int(args.func(args))
 
 

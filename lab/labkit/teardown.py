@@ -67,8 +67,11 @@ def lab_cgroup_dirs() -> list[Path]:
     return found
 
 
+DAEMON_NAMES = {"docker-registry", "dockerd", "containerd", "containerd-shim-runc-v2", "sshd"}
+
+
 def lab_processes(paths: LabPaths) -> list[int]:
-    """PIDs in a lab netns, in a lab cgroup, owned by the lab user, or running a lab binary path."""
+    """PIDs in a lab netns, in a lab cgroup, owned by the lab user, or a daemon started with a lab path."""
     netns = network.netns_inodes()
     uid = hosts.lab_uid()
     markers = (str(paths.state) + "/", str(paths.run) + "/")
@@ -81,14 +84,14 @@ def lab_processes(paths: LabPaths) -> list[int]:
             st = (entry / "ns/net").stat()
             owner = entry.stat().st_uid
             cgroups = (entry / "cgroup").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
         if (
             (st.st_dev, st.st_ino) in netns
             or "/nflab-" in cgroups
             or (uid is not None and owner == uid)
-            or any(marker in cmdline for marker in markers)
+            or (Path(argv[0]).name in DAEMON_NAMES and any(m in arg for m in markers for arg in argv))
         ):
             found.append(int(entry.name))
     return found
