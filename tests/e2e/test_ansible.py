@@ -235,6 +235,24 @@ def test_playbook_prepares_lab_host_and_a_second_run_changes_nothing(
     assert second[name]["ok"] >= first[name]["ok"] - first[name]["changed"]
 
 
+def test_playbook_refuses_a_pinned_platform_of_another_architecture(
+    lab: Any, exported: Path, ansible_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The Raspberry Pi OS trap in reverse: pinned linux/arm64 on a host whose userland builds amd64."""
+    host = amd64_host(lab)
+    name = field(host, "name")
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps(lab_vars(lab, host, nodefleet_host_pinned_platforms=["linux/arm64"])))
+    argv = [ansible_tool("ansible-playbook"), "-i", str(exported), str(PLAYBOOK), "--limit", name, "-e", f"@{extra}"]
+    done = run(argv, ansible_env, tmp_path)
+    assert done.returncode != 0
+    assert f"inventory.toml pins linux/arm64 on {name}" in done.stdout
+    assert "builds linux/amd64 natively" in done.stdout
+    result = recap(done.stdout)[name]
+    assert result["failed"] == 1
+    assert result["changed"] == 0
+
+
 @pytest.fixture
 def throwaway_image(lab: Any) -> Iterator[tuple[Any, str]]:
     """A tag no one else uses, on the lab registry, absent from the amd64 host's engine; removed afterwards."""
