@@ -160,9 +160,15 @@ def lab_vars(lab: Any, host: Any, **overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def exported(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The lab's inventory.toml exported as an Ansible inventory file."""
+    """The lab's inventory.toml exported by the documented command: nodefleet inventory export --format ansible."""
     path = tmp_path_factory.mktemp("ansible") / "hosts.yml"
-    path.write_text(render_ansible_inventory(load_inventory(field(lab, "inventory"))))
+    inventory = str(field(lab, "inventory"))
+    argv = [sys.executable, "-m", "nodefleet", "inventory", "export", "--format", "ansible"]
+    done = subprocess.run(
+        [*argv, "--inventory", inventory, "--output", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert path.read_text() == render_ansible_inventory(load_inventory(inventory))
     return path
 
 
