@@ -1028,12 +1028,13 @@ class BuildRecord:
 def initial_views(
     hosts: Sequence[Host], record: Mapping[str, Any], pins: Mapping[str, tuple[str, ...]]
 ) -> list[NodeView]:
-    """What is known of each host before checking: platforms from the inventory, the record or the builder's pins."""
+    """What is known of each host before checking: platforms from the inventory, the builder's pins or the record."""
     nodes = record.get("nodes") or {}
     views = []
     for order, host in enumerate(hosts):
         known = nodes.get(host.name) or {}
-        platforms = tuple(host.platforms) or tuple(known.get("platforms") or ()) or pins.get(host.name, ())
+        # The main builder's pins come from `nodefleet up`'s facts; the record covers standbys, which pin nothing.
+        platforms = tuple(host.platforms) or pins.get(host.name, ()) or tuple(known.get("platforms") or ())
         views.append(
             NodeView(
                 name=host.name,
@@ -1136,6 +1137,19 @@ class _Checks:
         """Stop the checks still running."""
         for task in self.tasks.values():
             task.cancel()
+
+    def results(self) -> list[fleet.HostResult]:
+        """Every check's result so far, a check still running counted as failed (it was not waited for)."""
+        results = []
+        for name, task in self.tasks.items():
+            check = self.result(name)
+            if check is not None:
+                results.append(check.result)
+                continue
+            waited = round(time.monotonic() - self.started, 1)
+            why = f"no answer within {waited} s; not waited for" if not task.done() else "the health check crashed"
+            results.append(fleet.HostResult(name, self.hosts[name].address, status="failed", error=why))
+        return results
 
     def checked(self) -> list[fleet.NodeCheck]:
         """The answers so far, in the order the checks started."""
@@ -1366,9 +1380,13 @@ async def _build(job: _Build, report: BuildReport) -> None:
                 ),
             )
         report.layout = layout
-        report.nodes = [check.result for check in checks.checked()]
         await job.remember(checks.checked())
         job.views = {view.name: view for view in checks.views(base)}
+        for view in job.views.values():
+            if view.health is Health.FAILED:
+                job.options.notice(f"{view.name} not used: {view.error}")
+            elif view.health is Health.PENDING:
+                job.options.notice(f"{view.name} has not answered yet; not waiting for it")
         report.notes += list(selection.skipped)
         if selection.refused:
             _refuse(report, selection)
@@ -1381,6 +1399,7 @@ async def _build(job: _Build, report: BuildReport) -> None:
         else:
             await _run_split(job, report, selection, checks)
     finally:
+        report.nodes = checks.results()
         checks.cancel()
 
 
@@ -1465,6 +1484,7 @@ async def _next_node(job: _Build, choice: Choice, checks: _Checks, exclude: set[
     """The next healthy node able to take the platform, waiting for checks still running."""
     candidates = [name for name in choice.candidates if name not in exclude]
     await checks.wait_for(candidates)
+    job.views.update((view.name, view) for view in checks.views(list(job.views.values())))
     for name in candidates:
         check = checks.result(name)
         if check is not None and check.healthy:

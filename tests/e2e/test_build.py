@@ -1,0 +1,259 @@
+"""`nodefleet build` against the lab: real sshd, dockerd, buildx, BuildKit and registry; nothing mocked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .fleetlib import Run, buildx_builders, host_docker, lab_data, nodefleet, write_inventory
+
+pytestmark = pytest.mark.e2e
+
+ALL = ["amd64-1", "arm64-1", "arm64-2", "armv7-1"]
+NATIVE = {"amd64-1": "linux/amd64", "arm64-1": "linux/arm64", "arm64-2": "linux/arm64", "armv7-1": "linux/arm/v7"}
+THREE = ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+
+CLASSIC = """\
+ARG BASE
+FROM --platform=$BUILDPLATFORM ${BASE} AS build
+ARG TARGETPLATFORM
+ARG BUILDPLATFORM
+ARG NONCE=0
+RUN echo "I am running on $BUILDPLATFORM, building for $TARGETPLATFORM" > /log && echo "$NONCE" > /nonce
+
+FROM ${BASE}
+COPY --from=build /log /log
+CMD ["cat", "/log"]
+"""
+
+
+class Fleet:
+    """One test fleet: its inventory, its own builder and nodefleet state dir, and the lab registry."""
+
+    def __init__(self, lab: Any, root: Path, builder: str, hosts: list[str]) -> None:
+        self.lab = lab
+        self.builder = builder
+        self.inventory = write_inventory(lab, root / "inventory.toml", builder, hosts)
+        self.env = {"NODEFLEET_STATE_DIR": str(root / "state")}
+        self.registry = lab_data(lab)["registry"]
+        self.base = f"{self.registry}/lab/busybox:stable"
+
+    def run(self, *args: str, timeout: float = 600) -> Run:
+        return nodefleet(*args, "-i", str(self.inventory), env=self.env, timeout=timeout)
+
+    def build(self, *args: str) -> Run:
+        return self.run("build", "--json", "--build-arg", f"BASE={self.base}", *args)
+
+    def image(self, name: str) -> str:
+        return f"{self.registry}/e2e-build/{name}:{uuid.uuid4().hex[:10]}"
+
+
+def context(tmp_path: Path, dockerfile: str = CLASSIC) -> Path:
+    folder = tmp_path / "context"
+    folder.mkdir(exist_ok=True)
+    (folder / "Dockerfile").write_text(dockerfile)
+    return folder
+
+
+def platforms(run: Run) -> dict[str, dict[str, Any]]:
+    return {result["platform"]: result for result in run.json["platforms"]}
+
+
+def imagetools_raw(name: str) -> dict[str, Any]:
+    raw = subprocess.run(
+        ["docker", "buildx", "imagetools", "inspect", "--raw", name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(raw.stdout)
+
+
+def index_platforms(index: dict[str, Any]) -> dict[str, str]:
+    found = {}
+    for entry in index["manifests"]:
+        if (entry.get("annotations") or {}).get("vnd.docker.reference.type") == "attestation-manifest":
+            continue
+        platform = entry["platform"]
+        key = "/".join(part for part in (platform["os"], platform["architecture"], platform.get("variant")) if part)
+        found[key] = entry["digest"]
+    return found
+
+
+# These two run first: their own builders' `down` removes the shared BuildKit containers of their hosts, which
+# the module fleet's `up` then brings back.
+
+
+def test_first_arm64_host_partitioned_builds_on_the_second(lab: Any, lab_fault: Any, tmp_path: Path) -> None:
+    pair = Fleet(lab, tmp_path, "e2ebuildarm", ["arm64-1", "arm64-2"])
+    up = pair.run("up", "--json")
+    assert up.exit_code == 0, up.stdout + up.stderr
+    folder = context(tmp_path)
+    with lab_fault("arm64-1", "net-cut"):
+        started = time.monotonic()
+        run = pair.build("--platform", "linux/arm64", str(folder))
+        seconds = time.monotonic() - started
+    try:
+        assert run.exit_code == 0, run.stdout + run.stderr
+        (result,) = run.json["platforms"]
+        assert result["node"] == "arm64-2" and result["mode"] == "native" and result["status"] == "built"
+        nodes = {node["name"]: node for node in run.json["nodes"]}
+        assert nodes["arm64-1"]["status"] == "failed"
+        assert seconds < 30, seconds
+    finally:
+        down = pair.run("down", "--json")
+    assert down.exit_code == 0, down.stdout
+    assert not [name for name in buildx_builders() if name.startswith("e2ebuildarm")]  # helper builders gone too
+
+
+def test_platform_whose_only_host_is_partitioned_fails_closed_in_seconds(
+    lab: Any, lab_fault: Any, tmp_path: Path
+) -> None:
+    single = Fleet(lab, tmp_path, "e2ebuildone", ["amd64-1", "armv7-1"])
+    up = single.run("up", "--json")
+    assert up.exit_code == 0, up.stdout + up.stderr
+    try:
+        with lab_fault("armv7-1", "net-cut"):
+            started = time.monotonic()
+            run = single.build("--platform", "linux/amd64,linux/arm/v7", str(context(tmp_path)))
+            seconds = time.monotonic() - started
+        assert run.exit_code == 1
+        assert seconds < 3 + 4, seconds  # connect timeout 3 s, plus interpreter start-up
+        refused = {result["platform"]: result for result in run.json["platforms"]}
+        assert refused["linux/arm/v7"]["status"] == "refused"
+        assert "armv7-1 failed" in refused["linux/arm/v7"]["error"]
+        assert refused["linux/amd64"]["status"] == "not built"
+    finally:
+        single.run("down", "--json")
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """All four lab hosts in one builder, brought up once for the module and taken down at its end."""
+    root = tmp_path_factory.mktemp("build")
+    built = Fleet(lab, root, "e2ebuild", ALL)
+    up = built.run("up", "--json")
+    assert up.exit_code == 0, up.stdout + up.stderr
+    yield built
+    built.run("down", "--json")
+
+
+def test_three_platforms_pushed_natively_each_image_prints_its_own_platform_twice(
+    lab: Any, fleet: Fleet, tmp_path: Path
+) -> None:
+    image = fleet.image("hello")
+    run = fleet.build("--platform", ",".join(THREE), "-t", image, "--push", str(context(tmp_path)))
+    assert run.exit_code == 0, run.stdout + run.stderr
+    report = run.json
+    assert report["nodefleet_json_version"] == 1 and report["ok"] is True
+    results = platforms(run)
+    assert set(results) == set(THREE)
+    for platform, result in results.items():
+        assert result["status"] == "built"
+        assert result["mode"] == "native"
+        assert NATIVE[result["node"]] == platform, result
+        assert result["seconds"] > 0
+    # The pushed index has the three platforms, with the manifest digests the report gives.
+    index = index_platforms(imagetools_raw(image))
+    assert index == {platform: results[platform]["manifest_digest"] for platform in THREE}
+    assert report["pushed"]["names"] == [image]
+    assert report["pushed"]["index_digest"].startswith("sha256:")
+    # Each platform's image, run, prints its own platform twice: built natively, for itself.
+    for platform in THREE:
+        output = host_docker(lab, "amd64-1", "run", "--rm", "--pull", "always", "--platform", platform, image)
+        assert output.strip() == f"I am running on {platform}, building for {platform}", (platform, output)
+    # buildx's own progress went to stderr, prefixed with the platform.
+    for platform in THREE:
+        assert f"[{platform}] #" in run.stderr
+
+
+def test_human_report_names_node_mode_and_digest(fleet: Fleet, tmp_path: Path) -> None:
+    image = fleet.image("human")
+    run = fleet.run(
+        "build", "--platform", "linux/amd64", "--build-arg", f"BASE={fleet.base}", "-t", image, "--push",
+        str(context(tmp_path)),
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert "amd64-1" in run.stdout and "native" in run.stdout and "sha256:" in run.stdout
+    assert "1 of 1 platforms built" in run.stdout
+
+
+def test_platform_without_node_is_refused_in_seconds_then_built_emulated_when_allowed(
+    lab: Any, fleet: Fleet, tmp_path: Path
+) -> None:
+    folder = context(tmp_path)
+    image = fleet.image("armv6")
+    fleet.build("--platform", "linux/amd64", str(folder))  # every host's platform is known from here on
+    started = time.monotonic()
+    refused = fleet.build("--platform", "linux/arm/v6", "-t", image, "--push", str(folder))
+    seconds = time.monotonic() - started
+    assert refused.exit_code == 1, refused.stdout + refused.stderr
+    assert seconds < 5, seconds
+    (result,) = refused.json["platforms"]
+    assert result["platform"] == "linux/arm/v6" and result["status"] == "refused"
+    for words in ("no host in the inventory builds it natively", "armv7-1 linux/arm/v7", "[[hosts]]", "nodefleet up"):
+        assert words in result["error"], result["error"]
+    assert "--allow-emulation" in result["error"]
+
+    allowed = fleet.build("--platform", "linux/arm/v6", "--allow-emulation", "-t", image, "--push", str(folder))
+    assert allowed.exit_code == 0, allowed.stdout + allowed.stderr
+    (result,) = allowed.json["platforms"]
+    assert result["status"] == "built" and result["mode"] == "emulated"
+    assert result["node"] in ALL and result["node_platform"] == NATIVE[result["node"]]
+    output = host_docker(lab, "amd64-1", "run", "--rm", "--pull", "always", "--platform", "linux/arm/v6", image)
+    assert output.strip().endswith("building for linux/arm/v6"), output
+    human = fleet.run(
+        "build", "--platform", "linux/arm/v6", "--allow-emulation", "--build-arg", f"BASE={fleet.base}", str(folder)
+    )
+    assert human.exit_code == 0 and "emulated on" in human.stdout, human.stdout
+
+
+def test_failing_run_step_is_not_retried_and_buildx_error_is_shown(fleet: Fleet, tmp_path: Path) -> None:
+    dockerfile = "ARG BASE\nFROM ${BASE}\nRUN echo about to fail && exit 3\n"
+    run = fleet.build("--platform", "linux/arm64", str(context(tmp_path, dockerfile)))
+    assert run.exit_code == 1
+    (result,) = run.json["platforms"]
+    assert result["status"] == "failed" and result["error_kind"] == "dockerfile"
+    assert len(result["attempts"]) == 1  # another arm64 node was healthy, and still no retry
+    assert "did not complete successfully: exit code: 3" in result["error"]
+    assert "ERROR:" in run.stderr and "exit code: 3" in run.stderr
+    human = fleet.run(
+        "build", "--platform", "linux/arm64", "--build-arg", f"BASE={fleet.base}", str(tmp_path / "context")
+    )
+    assert human.exit_code == 1
+    assert "Dockerfile error, not retried" in human.stdout
+
+
+def test_cache_ref_second_build_is_cached_on_every_platform(fleet: Fleet, tmp_path: Path) -> None:
+    folder = context(tmp_path)
+    nonce = uuid.uuid4().hex
+    cache = f"{fleet.registry}/e2e-build/cache-{nonce[:10]}"
+    args = ("--platform", ",".join(THREE), "--build-arg", f"NONCE={nonce}", "--cache-ref", cache, str(folder))
+    first = fleet.build(*args)
+    assert first.exit_code == 0, first.stdout + first.stderr
+    for result in platforms(first).values():
+        assert result["cached_steps"] < result["steps"], result  # the nonce makes the RUN new
+    for platform in THREE:
+        tag = f"{cache}:{platform.replace('/', '-')}"
+        assert imagetools_raw(tag)["manifests"], tag  # one cache per platform in the registry
+    # Drop every node's local cache: only the registry cache can serve the second build.
+    prune = subprocess.run(
+        ["docker", "buildx", "prune", "--builder", fleet.builder, "--all", "--force"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert prune.returncode == 0, prune.stderr
+    second = fleet.build(*args)
+    assert second.exit_code == 0, second.stdout + second.stderr
+    for platform, result in platforms(second).items():
+        assert result["steps"] and result["cached_steps"] == result["steps"], (platform, result)
