@@ -558,12 +558,11 @@ class NodeView:
 
 @dataclass(frozen=True)
 class Choice:
-    """The node that builds a platform; `candidates` are the other nodes that may take it on a retry, in order."""
+    """The node that builds a platform, and whether it emulates it."""
 
     platform: str
     node: str
     emulated: bool = False
-    candidates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -649,8 +648,7 @@ def select_nodes(
         if waiting:
             return Selection(pending=True)
         if chosen is not None:
-            others = tuple(view.name for view in nodes if view.name != chosen.name and view.health is not Health.FAILED)
-            choices.append(Choice(platform, chosen.name, False, others))
+            choices.append(Choice(platform, chosen.name))
             busy[chosen.name] = busy.get(chosen.name, 0) + 1
             continue
         if default:
@@ -661,13 +659,23 @@ def select_nodes(
                 return Selection(pending=True)
             able = emulation_order(views, platform, busy)
             if able:
-                choices.append(Choice(platform, able[0].name, True, tuple(view.name for view in able[1:])))
+                choices.append(Choice(platform, able[0].name, emulated=True))
                 busy[able[0].name] = busy.get(able[0].name, 0) + 1
                 continue
         refused.append((platform, refusal_message(platform, views, nodes, allow_emulation, hint)))
     if default and not choices:
         refused.append(("*", _nothing_healthy(views, hint)))
     return Selection(tuple(choices), tuple(refused), tuple(skipped))
+
+
+def retry_node(views: Sequence[NodeView], choice: Choice, exclude: Iterable[str]) -> str | None:
+    """Another healthy node for a platform whose node failed: native for a native build, else one that emulates."""
+    others = [view for view in views if view.name not in set(exclude)]
+    if choice.emulated:
+        able = emulation_order(others, choice.platform, {})
+    else:
+        able = [view for view in native_order(others, choice.platform) if view.health is Health.HEALTHY]
+    return able[0].name if able else None
 
 
 def _default_platforms(views: Sequence[NodeView]) -> tuple[str, ...]:
@@ -1382,11 +1390,7 @@ async def _build(job: _Build, report: BuildReport) -> None:
         report.layout = layout
         await job.remember(checks.checked())
         job.views = {view.name: view for view in checks.views(base)}
-        for view in job.views.values():
-            if view.health is Health.FAILED:
-                job.options.notice(f"{view.name} not used: {view.error}")
-            elif view.health is Health.PENDING:
-                job.options.notice(f"{view.name} has not answered yet; not waiting for it")
+        _tell_routing(job, selection)
         report.notes += list(selection.skipped)
         if selection.refused:
             _refuse(report, selection)
@@ -1401,6 +1405,22 @@ async def _build(job: _Build, report: BuildReport) -> None:
     finally:
         report.nodes = checks.results()
         checks.cancel()
+
+
+def _tell_routing(job: _Build, selection: Selection) -> None:
+    """Say which nodes were passed over and why (down, or not answering within the grace period)."""
+    for view in job.views.values():
+        if view.health is Health.FAILED:
+            job.options.notice(f"{view.name} not used: {view.error}")
+    grace = job.options.health_grace
+    for choice in selection.choices:
+        for view in native_order(job.views.values(), choice.platform):
+            if view.name == choice.node:
+                break
+            if view.health is Health.PENDING:
+                job.options.notice(
+                    f"{view.name} has not answered within {grace:g} s; building {choice.platform} on {choice.node}"
+                )
 
 
 def _refuse(report: BuildReport, selection: Selection) -> None:
@@ -1481,15 +1501,10 @@ async def _build_platform(
 
 
 async def _next_node(job: _Build, choice: Choice, checks: _Checks, exclude: set[str]) -> str | None:
-    """The next healthy node able to take the platform, waiting for checks still running."""
-    candidates = [name for name in choice.candidates if name not in exclude]
-    await checks.wait_for(candidates)
+    """The node to retry on, once the checks still running have answered (each within its connect timeout)."""
+    await checks.wait_for(list(checks.tasks))
     job.views.update((view.name, view) for view in checks.views(list(job.views.values())))
-    for name in candidates:
-        check = checks.result(name)
-        if check is not None and check.healthy:
-            return name
-    return None
+    return retry_node(list(job.views.values()), choice, exclude)
 
 
 async def _attempt(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .fleetlib import Run, buildx_builders, host_docker, lab_data, nodefleet, write_inventory
+from .fleetlib import REPO, Run, buildx_builders, host_docker, lab_data, nodefleet, write_inventory
 
 pytestmark = pytest.mark.e2e
 
@@ -230,6 +232,43 @@ def test_failing_run_step_is_not_retried_and_buildx_error_is_shown(fleet: Fleet,
     )
     assert human.exit_code == 1
     assert "Dockerfile error, not retried" in human.stdout
+
+
+def test_node_lost_mid_build_is_retried_once_on_the_other_node(lab: Any, fleet: Fleet, tmp_path: Path) -> None:
+    dockerfile = "ARG BASE\nFROM ${BASE}\nARG NONCE\nRUN echo $NONCE && sleep 15 && echo slept\n"
+    folder = context(tmp_path, dockerfile)
+    argv = [sys.executable, "-m", "nodefleet", "build", "-i", str(fleet.inventory), "--json", "--platform"]
+    argv += ["linux/arm64", "--build-arg", f"BASE={fleet.base}", "--build-arg", f"NONCE={uuid.uuid4()}", str(folder)]
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **fleet.env}, cwd=REPO
+    )
+    assert process.stderr is not None
+    node, seen = None, []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        seen.append(line)
+        if not line:
+            break
+        if "building natively on" in line:
+            node = line.split()[-1]
+        if node and "RUN echo" in line:
+            break
+    assert node in {"arm64-1", "arm64-2"}, "".join(seen)
+    time.sleep(2)
+    host_docker(lab, node, "rm", "-f", f"buildx_buildkit_{node}")  # the node's BuildKit is gone mid-build
+    stdout, stderr = process.communicate(timeout=600)
+    try:
+        assert process.returncode == 0, "".join(seen) + stderr
+        (result,) = json.loads(stdout)["platforms"]
+        first, second = result["attempts"]
+        assert first["node"] == node and first["status"] == "failed" and first["error_kind"] == "infrastructure"
+        assert second["node"] != node and second["status"] == "built"
+        assert result["node"] == second["node"] and result["status"] == "built"
+        assert f"{node} failed (infrastructure); retrying once on {second['node']}" in stderr
+    finally:
+        up = fleet.run("up", "--json")  # puts the removed BuildKit container back
+        assert up.exit_code == 0, up.stdout
 
 
 def test_cache_ref_second_build_is_cached_on_every_platform(fleet: Fleet, tmp_path: Path) -> None:

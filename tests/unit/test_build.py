@@ -34,6 +34,7 @@ from nodefleet.build import (
     platform_argv,
     progress_mode,
     repository,
+    retry_node,
     select_nodes,
     split_command_line,
 )
@@ -356,11 +357,13 @@ def test_least_recently_used_node_of_a_platform_goes_next() -> None:
     assert chosen(select_nodes(fleet(), [ARM], allow_emulation=False, grace_over=False))[ARM][0] == "arm64-1"
 
 
-def test_retry_candidates_are_the_other_native_nodes() -> None:
-    (choice,) = select_nodes(fleet(), [ARM], allow_emulation=False, grace_over=False).choices
-    assert choice == Choice(ARM, "arm64-1", False, ("arm64-2",))
-    (choice,) = select_nodes(fleet(arm2=F), [ARM], allow_emulation=False, grace_over=False).choices
-    assert choice.candidates == ()
+def test_retry_goes_to_another_healthy_node_of_the_platform() -> None:
+    native = Choice(ARM, "arm64-1")
+    assert retry_node(fleet(), native, {"arm64-1"}) == "arm64-2"
+    assert retry_node(fleet(arm2=F), native, {"arm64-1"}) is None
+    assert retry_node(fleet(arm1=F), Choice(AMD, "amd64-1"), {"amd64-1"}) is None  # never emulated on a retry
+    emulated = Choice(V6, "armv7-1", emulated=True)
+    assert retry_node(fleet(), emulated, {"armv7-1"}) == "arm64-1"
 
 
 def test_down_node_is_routed_around() -> None:
@@ -372,7 +375,6 @@ def test_a_preferred_node_that_has_not_answered_is_waited_for_until_the_grace_en
     assert select_nodes(fleet(arm1=P), [ARM], allow_emulation=False, grace_over=False).pending
     selection = select_nodes(fleet(arm1=P), [ARM], allow_emulation=False, grace_over=True)
     assert chosen(selection) == {ARM: ("arm64-2", False)}
-    assert selection.choices[0].candidates == ("arm64-1",)
     # the preferred node answering healthy needs no grace
     assert chosen(select_nodes(fleet(arm2=P), [ARM], allow_emulation=False, grace_over=False)) == {
         ARM: ("arm64-1", False)
@@ -405,7 +407,6 @@ def test_a_platform_whose_nodes_are_all_down_is_refused_with_their_state() -> No
 def test_emulation_only_when_asked_preferring_the_same_architecture() -> None:
     selection = select_nodes(fleet(), [V6], allow_emulation=True, grace_over=True)
     assert chosen(selection) == {V6: ("armv7-1", True)}
-    assert selection.choices[0].candidates == ("arm64-1", "arm64-2", "amd64-1")
     assert select_nodes(fleet(), [V6], allow_emulation=False, grace_over=True).refused
 
 
@@ -581,3 +582,78 @@ def test_build_record_update_is_saved(tmp_path: Path) -> None:
     asyncio.run(go())
     assert record.load()["nodes"] == {"arm64-1": {"last_used": 5.0}}
     assert (tmp_path / "state" / "fleet-build.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_build_command_hands_everything_but_its_own_options_to_buildx() -> None:
+    from nodefleet.cli import cli
+
+    command = cli.commands["build"]
+    args = [
+        "-i",
+        "x.toml",
+        "--platform",
+        "linux/arm64",
+        "-fDockerfile.i",
+        "--label",
+        "--json",
+        "-t",
+        "a",
+        "--json",
+        ".",
+    ]
+    ctx = command.make_context("build", args)
+    assert ctx.params["inventory_path"] == "x.toml"
+    assert ctx.params["platforms"] == ("linux/arm64",)
+    assert ctx.params["as_json"] is True
+    assert ctx.args == ["-fDockerfile.i", "--label", "--json", "-t", "a", "."]
+
+
+def test_build_report_json_keys_are_stable() -> None:
+    from nodefleet.build import Attempt, BuildReport, PlatformResult
+
+    result = PlatformResult("linux/arm64", node="arm64-2", node_platform=ARM, status="built", seconds=1.23456)
+    result.attempts = [
+        Attempt("arm64-1", "failed", 0.5, "EOF", FailureKind.INFRASTRUCTURE),
+        Attempt("arm64-2", "built"),
+    ]
+    report = BuildReport("fleet", [result], pushed=True, names=("r/a:1",), index_digest="sha256:i")
+    document = report.as_json()
+    assert set(document) == {
+        "nodefleet_json_version",
+        "command",
+        "builder",
+        "ok",
+        "layout",
+        "seconds",
+        "platforms",
+        "pushed",
+        "nodes",
+        "failure",
+        "notes",
+    }
+    assert document["nodefleet_json_version"] == 1 and document["command"] == "build" and document["ok"] is True
+    assert document["pushed"] == {"names": ["r/a:1"], "index_digest": "sha256:i"}
+    (platform,) = document["platforms"]
+    assert set(platform) == {
+        "platform",
+        "node",
+        "node_platform",
+        "mode",
+        "status",
+        "seconds",
+        "steps",
+        "cached_steps",
+        "manifest_digest",
+        "error",
+        "error_kind",
+        "attempts",
+    }
+    assert platform["mode"] == "native" and platform["seconds"] == 1.235
+    assert platform["attempts"][0] == {
+        "node": "arm64-1",
+        "status": "failed",
+        "seconds": 0.5,
+        "error": "EOF",
+        "error_kind": "infrastructure",
+    }
+    assert json.loads(json.dumps(document)) == document
