@@ -165,7 +165,8 @@ class UpRun:
         uid, gid, docker_gid = self.user
         hosts.ensure_privsep_dir(self.journal)
         for arch in sorted(self.deb_arches):
-            userland.prepare_for_sessions(self.paths, self.paths.userland(arch), (uid, gid), docker_gid, log)
+            rootfs = self.paths.userland(arch)
+            userland.prepare_for_sessions(self.paths, rootfs, (uid, gid), docker_gid, self.journal, log)
         authorized = self.paths.state / "authorized_keys"
         for host in self.hosts:
             hosts.write_sshd_config(self.paths, host, authorized)

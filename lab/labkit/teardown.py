@@ -121,8 +121,13 @@ def _cmdline(pid: int) -> str:
 
 
 def lab_mounts(paths: LabPaths) -> list[Path]:
+    """Mounts under the lab's folders, and the socket folder bind-mounted into userlands of any cache dir."""
     roots = [paths.state, paths.run, paths.cache / "userland"]
-    found = [m for m in userland.mount_points() if any(m == r or r in m.parents for r in roots)]
+    found = [
+        m
+        for m in userland.mount_points()
+        if any(m == r or r in m.parents for r in roots) or str(m).endswith(str(paths.sockets))
+    ]
     return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
 
 
@@ -199,7 +204,7 @@ def undo_journal(paths: LabPaths, log: Log) -> str:
 
 
 def remove_files(paths: LabPaths, log: Log) -> str:
-    userland.clean_userlands(paths, log)
+    userland.clean_userlands(paths, Journal(paths.journal), log)
     if paths.run.is_dir():
         shutil.rmtree(paths.run)
     if paths.state.is_dir():

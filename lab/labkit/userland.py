@@ -196,8 +196,11 @@ def make_base_files(rootfs: Path) -> None:
 # ---- per-`up` preparation of a userland for the lab's user ----
 
 
-def prepare_for_sessions(paths: LabPaths, rootfs: Path, user: tuple[int, int], docker_gid: int, log: Log) -> None:
+def prepare_for_sessions(
+    paths: LabPaths, rootfs: Path, user: tuple[int, int], docker_gid: int, journal: Journal, log: Log
+) -> None:
     """Accounts with the machine's ids, the user's home, and the hosts' docker sockets at the same path."""
+    journal.record("prepared_userland", path=str(rootfs))
     uid, gid = user
     (rootfs / "etc/passwd").write_text(
         f"root:x:0:0:root:/root:/bin/sh\nbuilder:x:{uid}:{gid}:nodefleet-lab:{paths.home}:/bin/sh\n"
@@ -224,12 +227,13 @@ def mount_points() -> list[Path]:
     return points
 
 
-def clean_userlands(paths: LabPaths, log: Log) -> None:
-    """Remove what `prepare_for_sessions` put into the cached userlands (mounts are gone by now)."""
+def clean_userlands(paths: LabPaths, journal: Journal, log: Log) -> None:
+    """Remove what `prepare_for_sessions` put into the userlands (mounts are gone by now): those the journal
+    names (whatever cache dir `up` used) and those in this cache dir."""
     base = paths.cache / "userland"
-    if not base.is_dir():
-        return
-    for rootfs in base.iterdir():
+    roots = {Path(entry["path"]) for entry in journal.entries("prepared_userland")}
+    roots |= set(base.iterdir()) if base.is_dir() else set()
+    for rootfs in sorted(roots):
         if not (rootfs / ".nflab-stamp").exists():
             continue
         for made in (paths.home, paths.sockets):
