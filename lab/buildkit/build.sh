@@ -4,6 +4,8 @@
 #   $CACHE/busybox/{amd64,arm64,armhf,armel}.tar      busybox-static of each architecture, applets linked
 # Each tar is a root filesystem for `docker import --platform linux/<p>`. Idempotent: a second run
 # prints "cached" and does nothing. Run as root on Debian 12 x86_64 (calls lab/apt-setup.sh first).
+# Quiet: one line per step on stdout; everything else goes to $CACHE/.artifacts.log, whose tail is shown
+# on stderr when a step fails. What went into the tars (package versions, SHA256): $CACHE/.artifacts.info.
 # Usage: build.sh [--force]     NODEFLEET_LAB_CACHE overrides the cache dir (/var/cache/nodefleet-lab).
 set -Eeuo pipefail
 umask 022
@@ -16,6 +18,8 @@ bk_pkg=github.com/moby/buildkit
 bk_out=$cache/buildkit-$bk_version
 bb_out=$cache/busybox
 stamp=$cache/.artifacts.stamp
+logfile=$cache/.artifacts.log
+infofile=$cache/.artifacts.info
 work=$cache/.artifacts-work
 downloads=$cache/downloads
 # Image name -> GOARCH/GOARM of its buildkitd; busybox image name -> Debian architecture (same name).
@@ -24,6 +28,7 @@ bb_images=(amd64 arm64 armhf armel)
 # Debian tags buildkitd's upstream Dockerfile passes; they are no-ops without cgo but keep parity.
 bk_tags="osusergo netgo static_build seccomp"
 
+# log() goes to stderr until the log file is opened, then only to the log; the step lines go to fd 3.
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 die() {
   log "ERROR: $*"
@@ -35,7 +40,7 @@ case "${1:-}" in
 "") ;;
 --force) force=1 ;;
 -h | --help)
-  sed -n '2,7s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
   exit 0
   ;;
 *)
@@ -80,16 +85,29 @@ if is_cached; then # built by whoever held the lock
   exit 0
 fi
 
+# From here on stdout and stderr go to the log; fd 3 and 4 are the caller's stdout and stderr.
+exec 3>&1 4>&2 >"$logfile" 2>&1
+log "started $(date -u +%Y-%m-%dT%H:%M:%SZ), key $key"
 current_step=startup
 started=$SECONDS
-step() {
+step_started=$SECONDS
+step_done() { printf ' ok (%ss)\n' "$((SECONDS - step_started))" >&3; }
+step() { # one line per step on stdout: "build.sh: STEP ... ok (Ns)"
+  [ "$current_step" = startup ] || step_done
   current_step=$1
-  log "[$((SECONDS - started))s] $1"
+  step_started=$SECONDS
+  log "[$((SECONDS - started))s] ===== $1"
+  printf 'build.sh: %s ...' "$1" >&3
 }
 on_exit() {
   local rc=$?
   if [ "$rc" != 0 ]; then
-    log "FAILED at step: $current_step (exit $rc); partial work left in $work"
+    [ "$current_step" = startup ] || printf ' FAILED\n' >&3
+    {
+      printf 'build.sh: FAILED at step: %s (exit %s); partial work left in %s\n' "$current_step" "$rc" "$work"
+      printf 'build.sh: the last lines of %s:\n' "$logfile"
+      tail -n 25 "$logfile" | sed 's/^/  | /'
+    } >&4
   fi
 }
 trap on_exit EXIT
@@ -232,20 +250,20 @@ check_binary() { # FILE EXPECTED_E_MACHINE RUNNER(empty = native)
 
 ldflags="-s -w -X $bk_pkg/version.Version=$bk_version -X $bk_pkg/version.Revision=debian-$src_version -X $bk_pkg/version.Package=$bk_pkg"
 bins=$work/bin
-(
-  cd "$gopath/src/$bk_pkg"
-  step "go build buildctl (linux/amd64)"
-  go build -trimpath -ldflags "$ldflags" -o "$bins/amd64/buildctl" ./cmd/buildctl
-  for img in "${bk_images[@]}"; do
-    case "$img" in
-    amd64) env=(GOARCH=amd64) ;;
-    arm64) env=(GOARCH=arm64) ;;
-    armv7) env=(GOARCH=arm GOARM=7) ;;
-    esac
-    step "go build buildkitd (${env[*]})"
-    env "${env[@]}" go build -trimpath -tags "$bk_tags" -ldflags "$ldflags" -o "$bins/$img/buildkitd" ./cmd/buildkitd
-  done
-)
+cd "$gopath/src/$bk_pkg" # not in a subshell, so that a failure names its step
+step "go build buildctl (linux/amd64)"
+go build -trimpath -ldflags "$ldflags" -o "$bins/amd64/buildctl" ./cmd/buildctl
+for img in "${bk_images[@]}"; do
+  case "$img" in
+  amd64) env=(GOARCH=amd64) ;;
+  arm64) env=(GOARCH=arm64) ;;
+  armv7) env=(GOARCH=arm GOARM=7) ;;
+  esac
+  step "go build buildkitd (${env[*]})"
+  env "${env[@]}" go build -trimpath -tags "$bk_tags" -ldflags "$ldflags" -o "$bins/$img/buildkitd" ./cmd/buildkitd
+done
+cd "$work"
+step "checking the binaries (ELF machine, --version)"
 check_binary "$bins/amd64/buildctl" 62 ""
 check_binary "$bins/amd64/buildkitd" 62 ""
 check_binary "$bins/arm64/buildkitd" 183 qemu-aarch64-static
@@ -347,23 +365,26 @@ info() { # DEB... -> "package version arch" lines
   echo "image contents: /usr/bin/buildkitd (image arch), /usr/bin/buildctl (x86_64), runc and busybox-static (x86_64):"
   info "$(deb_of runc:amd64)" "$(deb_of libc6:amd64)" "$(deb_of libseccomp2:amd64)" "$(deb_of libgcc-s1:amd64)" "$(deb_of busybox-static:amd64)" | sed 's/^/  /'
   echo "import: docker import --platform linux/{amd64,arm64,arm/v7} --change 'ENTRYPOINT [\"buildkitd\"]' --change 'VOLUME /var/lib/buildkit' TAR"
-} >"$work/out/buildkit/BUILD-INFO"
-{
-  echo "busybox root filesystems built by lab/buildkit/build.sh (key $key)"
+  echo "busybox root filesystems:"
   for img in "${bb_images[@]}"; do info "$(deb_of "busybox-static:$img")" | sed 's/^/  /'; done
   echo "platforms: amd64.tar linux/amd64, arm64.tar linux/arm64, armhf.tar linux/arm/v7, armel.tar linux/arm/v6"
-} >"$work/out/busybox/BUILD-INFO"
-(cd "$work/out/buildkit" && sha256sum ./*.tar >SHA256SUMS)
-(cd "$work/out/busybox" && sha256sum ./*.tar >SHA256SUMS)
+  echo "sha256:"
+  (cd "$work/out" && sha256sum buildkit/*.tar busybox/*.tar) | sed "s,  buildkit/,  buildkit-$bk_version/,; s/^/  /"
+} >"$work/out/info"
+# The output directories hold exactly the tars (BUILD-INFO and SHA256SUMS there came from an earlier version).
 mkdir -p "$bk_out" "$bb_out"
-for f in "$work"/out/buildkit/*; do mv -f "$f" "$bk_out/"; done
-for f in "$work"/out/busybox/*; do mv -f "$f" "$bb_out/"; done
+rm -f "$bk_out/BUILD-INFO" "$bk_out/SHA256SUMS" "$bb_out/BUILD-INFO" "$bb_out/SHA256SUMS"
+for f in "$work"/out/buildkit/*.tar; do mv -f "$f" "$bk_out/"; done
+for f in "$work"/out/busybox/*.tar; do mv -f "$f" "$bb_out/"; done
+mv -f "$work/out/info" "$infofile"
 printf '%s\n' "$key" >"$stamp"
 
 # Keep only the downloads this build used.
 find "$downloads/src" "$downloads/debs" -type f | sort >"$work/have"
 sort "$work/src.files" "$work/debs.files" | comm -23 "$work/have" - | xargs -r rm -f
+cd "$cache"
 rm -rf "$work"
+step_done
 current_step=finished
 log "[$((SECONDS - started))s] done"
-outputs
+printf 'build.sh: done in %ss: %s tars in %s and %s\n' "$((SECONDS - started))" "$(outputs | wc -l)" "$bk_out" "$bb_out" >&3

@@ -3,14 +3,16 @@
 # private, throwaway dockerd (own data root and socket, no bridge, no iptables), runs it the way
 # buildx's docker-container driver does (privileged, buildkitd as entrypoint), checks the worker's
 # native platform, and builds a Dockerfile with a RUN step on top of the busybox rootfs of that
-# architecture. Needs root, docker.io (dockerd + CLI), qemu-user-static and binfmt-support.
-# Usage: smoke.sh [IMAGE...]   IMAGE is amd64, arm64 or armv7 (default: all three).
+# architecture. Also imports each busybox tar with its platform and runs `uname -m` in it.
+# Needs root, docker.io (dockerd + CLI), qemu-user-static (qemu-user-binfmt) or binfmt-support.
+# binfmt entries it has to register or enable are put back as they were at the end.
+# Usage: smoke.sh [IMAGE...]   IMAGE is amd64, arm64, armv7 or busybox (default: all four).
 set -Eeuo pipefail
 
 cache=${NODEFLEET_LAB_CACHE:-/var/cache/nodefleet-lab}
 bk_version=v0.13.2
 images=("$@")
-[ "${#images[@]}" -gt 0 ] || images=(amd64 arm64 armv7)
+[ "${#images[@]}" -gt 0 ] || images=(busybox amd64 arm64 armv7)
 
 log() { printf 'smoke.sh: %s\n' "$*" >&2; }
 die() {
@@ -19,20 +21,31 @@ die() {
 }
 
 [ "$(id -u)" = 0 ] || die "run as root"
-for tool in dockerd docker update-binfmts; do command -v "$tool" >/dev/null || die "missing $tool"; done
+for tool in dockerd docker; do command -v "$tool" >/dev/null || die "missing $tool"; done
 for img in "${images[@]}"; do
-  [ -s "$cache/buildkit-$bk_version/$img.tar" ] || die "missing $cache/buildkit-$bk_version/$img.tar (run lab/buildkit/build.sh)"
+  case "$img" in
+  busybox) tars=("$cache"/busybox/{amd64,arm64,armhf,armel}.tar) ;;
+  amd64 | arm64 | armv7) tars=("$cache/buildkit-$bk_version/$img.tar") ;;
+  *) die "unknown image $img (amd64, arm64, armv7 or busybox)" ;;
+  esac
+  for t in "${tars[@]}"; do [ -s "$t" ] || die "missing $t (run lab/buildkit/build.sh)"; done
 done
 
-# Foreign binaries (buildkitd, and the RUN steps of arm builds) run through binfmt_misc + qemu.
-if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; fi
-for q in qemu-aarch64 qemu-arm; do
-  [ -e "/proc/sys/fs/binfmt_misc/$q" ] || update-binfmts --enable "$q" || die "cannot enable binfmt $q"
-done
-
+binfmt=/proc/sys/fs/binfmt_misc
+binfmt_undo=() # "mount", "remove NAME" or "disable NAME", undone at exit
 work=$(mktemp -d /tmp/nflab-smoke.XXXXXX)
 sock=$work/docker.sock
 dockerd_pid=
+undo_binfmt() {
+  local i
+  for ((i = ${#binfmt_undo[@]} - 1; i >= 0; i--)); do
+    case "${binfmt_undo[i]}" in
+    mount) umount "$binfmt" ;;
+    "remove "*) echo -1 >"$binfmt/${binfmt_undo[i]#remove }" ;;
+    "disable "*) echo 0 >"$binfmt/${binfmt_undo[i]#disable }" ;;
+    esac || log "could not undo binfmt change: ${binfmt_undo[i]}"
+  done
+}
 cleanup() {
   local rc=$?
   if [ -n "$dockerd_pid" ]; then
@@ -42,9 +55,31 @@ cleanup() {
   fi
   umount -R "$work/data" 2>/dev/null || true
   rm -rf "$work"
+  undo_binfmt
   [ "$rc" = 0 ] || log "failed (exit $rc)"
 }
 trap cleanup EXIT
+
+# Foreign binaries (buildkitd, and the RUN steps of arm builds) run through binfmt_misc + qemu. Debian's
+# qemu-user-binfmt (trixie) ships systemd-binfmt rules, not binfmt-support entries: register from those.
+if [ ! -e "$binfmt/register" ]; then
+  mount -t binfmt_misc binfmt_misc "$binfmt"
+  binfmt_undo+=(mount)
+fi
+for q in qemu-aarch64 qemu-arm; do
+  if [ ! -e "$binfmt/$q" ]; then
+    if [ -f "/usr/lib/binfmt.d/$q.conf" ]; then
+      grep -v '^#' "/usr/lib/binfmt.d/$q.conf" >"$binfmt/register" || die "cannot register binfmt $q"
+    else
+      update-binfmts --enable "$q" || die "cannot enable binfmt $q"
+    fi
+    binfmt_undo+=("remove $q")
+  elif [ "$(head -n 1 "$binfmt/$q")" = disabled ]; then
+    echo 1 >"$binfmt/$q"
+    binfmt_undo+=("disable $q")
+  fi
+  grep -q '^flags:.*F' "$binfmt/$q" || die "binfmt $q lacks the F flag (needed inside containers)"
+done
 
 log "starting a private dockerd ($sock)"
 dockerd --data-root "$work/data" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" -H "unix://$sock" \
@@ -60,7 +95,25 @@ docker version >/dev/null || die "dockerd did not answer: $(tail -5 "$work/docke
 
 results=()
 for img in "${images[@]}"; do
+  [ "$img" = busybox ] || continue
+  # Each busybox tar as an image of its platform: the applets run (emulated on arm) and say their machine.
+  for bb in amd64:linux/amd64:x86_64 arm64:linux/arm64:aarch64 armhf:linux/arm/v7:armv7l 'armel:linux/arm/v6:armv[5-8]t?e?j?l'; do
+    IFS=: read -r deb platform arch_re <<<"$bb"
+    tag=nflab-smoke/busybox:$deb
+    docker import --platform "$platform" --change 'CMD ["sh"]' "$cache/busybox/$deb.tar" "$tag" >/dev/null
+    got=$(docker image inspect -f '{{.Os}}/{{.Architecture}}{{with .Variant}}/{{.}}{{end}}' "$tag")
+    [ "$got" = "$platform" ] || die "busybox $deb: image platform $got, expected $platform"
+    arch=$(timeout 60 docker run --rm --network none --platform "$platform" "$tag" uname -m) ||
+      die "busybox $deb: docker run --platform $platform uname -m failed"
+    [[ $arch =~ ^$arch_re$ ]] || die "busybox $deb: uname -m says '$arch'"
+    out=$(timeout 60 docker run --rm --network none --platform "$platform" "$tag" sh -c 'ls /bin/sh >/dev/null && echo ok')
+    [ "$out" = ok ] || die "busybox $deb: sh -c failed"
+    results+=("busybox/$deb.tar: image $platform, uname -m $arch")
+  done
+done
+for img in "${images[@]}"; do
   case "$img" in
+  busybox) continue ;;
   amd64) platform=linux/amd64 deb=amd64 arch_re='^x86_64$' native_re='^linux/amd64$' env=() ;;
   arm64) platform=linux/arm64 deb=arm64 arch_re='^aarch64$' native_re='^linux/arm64$' env=(-e GODEBUG=asyncpreemptoff=1 -e GOMAXPROCS=1) ;;
   armv7) platform=linux/arm/v7 deb=armhf arch_re='^armv[78]l$' native_re='^linux/arm/v[78]$' env=(-e GODEBUG=asyncpreemptoff=1 -e GOMAXPROCS=1) ;;
