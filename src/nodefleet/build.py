@@ -1402,6 +1402,7 @@ async def _build(job: _Build, report: BuildReport) -> None:
             await _run_combined(job, report, selection)
         else:
             await _run_split(job, report, selection, checks)
+        await job.remember(checks.checked())  # checks that answered during the build, so they are quick next time
     finally:
         report.nodes = checks.results()
         checks.cancel()

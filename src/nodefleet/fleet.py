@@ -793,6 +793,13 @@ def node_check_script(node: str) -> str:
     )
 
 
+def node_workers_script(container: str) -> str:
+    """The worker platforms of a running BuildKit container, through its buildctl (buildkitd itself may be emulated
+    and slow to start, so its version is not asked here)."""
+    quoted = shlex.quote(container)
+    return f"echo \"workers=$(docker exec {quoted} buildctl debug workers --format '{{{{json .}}}}' 2>/dev/null)\"\n"
+
+
 def parse_node_check(output: str) -> tuple[str | None, str, str | None]:
     """(container id, state, engine problem) from node_check_script's output."""
     line = next((text for text in output.splitlines() if text.startswith("container=")), "container=")
@@ -845,7 +852,7 @@ async def check_node(
         if state == "running" and container is not None and known_workers and container in known_workers:
             work.health = NodeHealth(state, None, tuple(known_workers[container]))
         elif state == "running":
-            health = await session.run(node_health_script(buildx.container_name(host.name)), timeout=timeout)
+            health = await session.run(node_workers_script(buildx.container_name(host.name)), timeout=timeout)
             work.health = parse_node_health(health.stdout)
         else:
             work.health = NodeHealth(state, None, ())
