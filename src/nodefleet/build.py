@@ -1080,14 +1080,15 @@ class _Checks:
         self.started = time.monotonic()
         self.semaphore = asyncio.Semaphore(options.parallel or inventory.defaults.parallel)
 
-    def start(self, names: Iterable[str]) -> None:
-        """Start checking these hosts."""
-        for name in names:
-            self.tasks[name] = asyncio.ensure_future(self._check(self.hosts[name]))
+    def start(self, views: Iterable[NodeView]) -> None:
+        """Start checking these hosts (a platform already known is not asked again)."""
+        for view in views:
+            known = view.platforms[0] if view.platforms else None
+            self.tasks[view.name] = asyncio.ensure_future(self._check(self.hosts[view.name], known))
 
-    async def _check(self, host: Host) -> fleet.NodeCheck:
+    async def _check(self, host: Host, platform: str | None) -> fleet.NodeCheck:
         async with self.semaphore:
-            return await fleet.check_node(self.inventory, host, known_workers=self.known_workers)
+            return await fleet.check_node(self.inventory, host, known_workers=self.known_workers, platform=platform)
 
     def result(self, name: str) -> fleet.NodeCheck | None:
         """The answer of a finished check, if any."""
@@ -1299,6 +1300,9 @@ class _Build:
                     continue
                 entry = record["nodes"].setdefault(check.result.name, {})
                 entry["platforms"] = [check.result.platform]
+                native = check.worker_platforms[0] if check.worker_platforms else None
+                if native and not same_architecture(native, check.result.platform):
+                    entry.pop("platforms")  # a stale record (the host changed): ask the host next time
                 if check.container_id and check.worker_platforms:
                     entry["workers"] = {check.container_id: list(check.worker_platforms)}
 
@@ -1365,7 +1369,7 @@ async def _build(job: _Build, report: BuildReport) -> None:
     base = initial_views(job.inventory.enabled_hosts, record, pins)
     checks = _Checks(job.inventory, job.options, _known_workers(record))
     wanted = set(hosts_to_check(base, request.platforms, request.allow_emulation))
-    checks.start(view.name for view in base if view.name in wanted)
+    checks.start(view for view in base if view.name in wanted)
     hint = f"inventory {job.inventory.path}"
     try:
         selection = await checks.settle(

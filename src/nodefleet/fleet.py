@@ -782,15 +782,13 @@ class NodeCheck:
         return self.result.status == "healthy"
 
 
-def node_check_script(node: str) -> str:
-    """Shell script printing the host's machine, userland width and the node container's id and state."""
+def node_check_script(node: str, *, machine: bool = True) -> str:
+    """Shell script printing the node container's id and state, and the host's machine and userland width unless
+    `machine` is False. Each command is a process to start, slow on a small board or an emulated userland."""
     container = shlex.quote(buildx.container_name(node))
-    return (
-        'echo "machine=$(uname -m 2>/dev/null)"\n'
-        'echo "userland_bits=$(getconf LONG_BIT 2>/dev/null)"\n'
-        f"out=$(docker inspect -f '{{{{.Id}}}} {{{{.State.Status}}}}' {container} 2>&1)\n"
-        'echo "container=$(printf \'%s\\n\' "$out" | grep . | tail -n 1)"\n'
-    )
+    facts = 'echo "machine=$(uname -m 2>/dev/null)"\necho "userland_bits=$(getconf LONG_BIT 2>/dev/null)"\n'
+    inspect = f"echo \"container=$(docker inspect -f '{{{{.Id}}}} {{{{.State.Status}}}}' {container} 2>&1)\"\n"
+    return (facts if machine else "") + inspect
 
 
 def node_workers_script(container: str) -> str:
@@ -828,10 +826,12 @@ async def check_node(
     options: FleetOptions | None = None,
     *,
     known_workers: Mapping[str, tuple[str, ...]] | None = None,
+    platform: str | None = None,
 ) -> NodeCheck:
     """Is this host's node ready to build: SSH within connect_timeout (one attempt), its platform, BuildKit running
     with a native worker. `known_workers` maps container ids already looked at to their worker platforms: an
-    unchanged container then costs no `docker exec` (slow when BuildKit is emulated)."""
+    unchanged container then costs no `docker exec` (slow when BuildKit is emulated). `platform`, when already
+    known, is not asked again; a container of another architecture still fails the native-worker check."""
     options = replace(options or FleetOptions(), host_key_policy=HostKeyPolicy.STRICT)
     work = _new_work(inventory, host)
     timeout = inventory.defaults.connect_timeout + 15
@@ -839,9 +839,10 @@ async def check_node(
 
     async def look() -> None:
         session = work.need_session()
-        output = await session.run(node_check_script(host.name), timeout=timeout)
+        known = host.platforms[0] if host.platforms else platform
+        output = await session.run(node_check_script(host.name, machine=known is None), timeout=timeout)
         facts = parse_facts(output.stdout)
-        work.result.platform = host.platforms[0] if host.platforms else facts.platform
+        work.result.platform = known or facts.platform
         if work.result.platform is None:
             raise NodefleetError(f"unknown CPU architecture {facts.machine!r}; set platforms for this host")
         container, state, problem = parse_node_check(output.stdout)
