@@ -28,7 +28,7 @@ from typing import TextIO
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from labkit import clientfiles, hosts, network, registry, teardown
-from labkit.core import LOCK_FILE, LabError, LabPaths, Log
+from labkit.core import LOCK_FILE, LOCK_HELD_ENV, LabError, LabPaths, Log
 from labkit.selftest import SelfTest
 from labkit.spec import DEFAULT_SPEC, Host, parse_spec, spec_of
 from labkit.steps import UpRun
@@ -75,9 +75,12 @@ class Steps:
 
 @contextlib.contextmanager
 def lab_lock(mode: int = fcntl.LOCK_EX) -> Iterator[None]:
-    """Machine-wide, since the lab's bridge, addresses and user are: `up`/`down` hold it exclusively; `fault` and a
-    test session using the lab (tests/e2e/conftest.py) hold it shared, so nobody takes the lab away under them.
-    The empty lock file stays: removing it would break the lock."""
+    """Machine-wide, since the lab's bridge, addresses and user are: `up`/`down` hold it exclusively, `fault` and
+    `selftest` shared. A test session (tests/e2e/conftest.py) holds it exclusively from its `up` to its `down` and
+    sets NODEFLEET_LAB_LOCK_HELD=1 for the labctl runs inside it. The lock file stays: removing it breaks the lock."""
+    if os.environ.get(LOCK_HELD_ENV) == "1":
+        yield
+        return
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     with LOCK_FILE.open("a") as handle:
         try:
@@ -310,6 +313,11 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     if lab is None:
         print("selftest: the lab is not up (run `labctl.py up`)", file=sys.stderr)
         return 3
+    with lab_lock(fcntl.LOCK_SH):  # nobody takes the lab down while the self-test uses it
+        return run_selftest(paths, lab)
+
+
+def run_selftest(paths: LabPaths, lab: dict[str, object]) -> int:
     steps = Steps("selftest", paths.logs, sys.stdout)
     started = time.monotonic()
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 RUN_DIR = Path("/run/nodefleet-lab")
 LOCK_FILE = Path("/run/lock/nodefleet-lab.lock")
+LOCK_HELD_ENV = "NODEFLEET_LAB_LOCK_HELD"  # set by a holder of LOCK_FILE for the labctl runs it starts
 STATE_MARKER = ".nodefleet-lab"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lab"))
-from labkit.core import LOCK_FILE
+from labkit.core import LOCK_FILE, LOCK_HELD_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 LABCTL = REPO / "lab" / "labctl.py"
@@ -47,22 +47,36 @@ def lab() -> Iterator[dict[str, Any]]:
     """The lab's lab.json (lab/CONTRACT.md): registry, CA, key, known_hosts, inventory, and the hosts."""
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root: the lab makes namespaces, mounts, daemons and a user", pytrace=False)
-    up = labctl("up", "--hosts", E2E_HOSTS, "--json", timeout=UP_TIMEOUT)
-    if up.returncode != 0:
-        pytest.fail(f"`labctl.py up --hosts {E2E_HOSTS}` failed:\n{up.stderr[-6000:]}", pytrace=False)
-    sys.stderr.write(up.stderr)
-    with LOCK_FILE.open("a") as lock:
-        # Shared for the whole session: another `labctl.py up/down` (another session on this machine) waits.
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        status = labctl("status")
-        if status.returncode != 0:
-            pytest.fail(f"the lab changed between `up` and this session's lock:\n{status.stdout}", pytrace=False)
+    with session_lock():
+        up = labctl("up", "--hosts", E2E_HOSTS, "--json", timeout=UP_TIMEOUT)
+        if up.returncode != 0:
+            pytest.fail(f"`labctl.py up --hosts {E2E_HOSTS}` failed:\n{up.stderr[-6000:]}", pytrace=False)
+        sys.stderr.write(up.stderr)
         yield json.loads(up.stdout)
-    if os.environ.get("NODEFLEET_LAB_KEEP") == "1":
-        return
-    down = labctl("down", timeout=600)
-    if down.returncode != 0:
-        pytest.fail(f"`labctl.py down` left things behind:\n{down.stdout}\n{down.stderr}", pytrace=False)
+        if os.environ.get("NODEFLEET_LAB_KEEP") == "1":
+            return
+        down = labctl("down", timeout=600)
+        if down.returncode != 0:
+            pytest.fail(f"`labctl.py down` left things behind:\n{down.stdout}\n{down.stderr}", pytrace=False)
+
+
+@contextlib.contextmanager
+def session_lock() -> Iterator[None]:
+    """The lab is one per machine: this session has it to itself, from its `up` to its `down`. Another session
+    (another developer's, say) waits here; the labctl runs of this session skip the lock (LOCK_HELD_ENV)."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK_FILE.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            message = f"waiting for the lab lock {LOCK_FILE}: another test session or labctl has the lab"
+            print(f"\n{message}", file=sys.__stderr__, flush=True)  # not captured: say why nothing happens
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        os.environ[LOCK_HELD_ENV] = "1"
+        try:
+            yield
+        finally:
+            del os.environ[LOCK_HELD_ENV]
 
 
 @pytest.fixture
