@@ -17,7 +17,8 @@ from nodefleet.platforms import normalize_platform
 DEFAULT_BUILDKIT_IMAGE = "moby/buildkit:buildx-stable-1"
 
 # Every value that can reach a shell or a buildx flag is held to one of these patterns; nothing else is
-# accepted, so quoting is a second line of defence rather than the only one.
+# accepted, so quoting is a second line of defence rather than the only one. Always `fullmatch`: with `match`,
+# `$` also matches before a trailing newline.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
 _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
@@ -165,7 +166,7 @@ def parse_inventory(data: Mapping[str, Any], path: Path) -> Inventory:
     builder_table = _table(problems, "builder", data.get("builder", {}))
     _unknown_keys(problems, "builder.", builder_table, _BUILDER_KEYS)
     builder = _get(problems, builder_table, "builder.name", "name", str, "nodefleet")
-    if isinstance(builder, str) and not _NAME_RE.match(builder):
+    if isinstance(builder, str) and not _NAME_RE.fullmatch(builder):
         problems.add("builder.name", _name_rule(builder))
 
     defaults = _parse_defaults(problems, _table(problems, "defaults", data.get("defaults", {})), base)
@@ -224,14 +225,14 @@ def _parse_registries(problems: _Problems, table: Mapping[str, Any], base: Path)
     registries = []
     for host, raw in table.items():
         key = f'registries."{host}"'
-        if not _REGISTRY_RE.match(host):
+        if not _REGISTRY_RE.fullmatch(host):
             problems.add(key, "must be a registry host like registry.example.com:5000")
             continue
         settings = _table(problems, key, raw)
         _unknown_keys(problems, key + ".", settings, _REGISTRY_KEYS)
         mirrors = _string_list(problems, key + ".mirrors", settings.get("mirrors", []))
         for mirror in mirrors:
-            if not _REGISTRY_RE.match(mirror):
+            if not _REGISTRY_RE.fullmatch(mirror):
                 problems.add(key + ".mirrors", f"{mirror!r} must be a registry host like mirror.local:5000")
         registries.append(
             Registry(
@@ -253,12 +254,16 @@ def _parse_host(problems: _Problems, key: str, raw: Any, defaults: Defaults, bas
     name = raw.get("name")
     if name is None:
         problems.add(key, "missing required key name")
-    elif not isinstance(name, str) or not _NAME_RE.match(name):
+    elif not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         problems.add(key + ".name", _name_rule(name))
     label = f"{key} ({name})" if isinstance(name, str) else key
     address = raw.get("address")
     if address is None:
         problems.add(label, "missing required key address")
+    elif isinstance(address, str) and "%" in address and _is_ipv6(address.partition("%")[0]):
+        # ipaddress accepts any text after '%' (even `$(reboot)` or a newline), and buildx's ssh:// URL
+        # cannot carry a zone id anyway.
+        problems.add(f"{label}.address", f"{address!r}: IPv6 zone ids (%...) cannot be used in a buildx endpoint")
     elif not isinstance(address, str) or not _valid_address(address):
         problems.add(f"{label}.address", f"{address!r} is not a hostname or IP address")
     platforms = []
@@ -317,11 +322,20 @@ def _name_rule(value: object) -> str:
     return f"{value!r} must be 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit" + hint
 
 
+def _is_ipv6(value: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(value), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
 def _valid_address(value: str) -> bool:
+    if "%" in value:
+        return False  # an IPv6 zone id: see _parse_host
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        return bool(_HOSTNAME_RE.match(value)) and ".." not in value and not value.startswith("-")
+        return bool(_HOSTNAME_RE.fullmatch(value)) and ".." not in value and not value.startswith("-")
     return True
 
 
@@ -360,7 +374,7 @@ def _describe(value: Any) -> str:
 def _user(problems: _Problems, key: str, value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _USER_RE.match(value):
+    if not isinstance(value, str) or not _USER_RE.fullmatch(value):
         problems.add(key, f"{value!r} is not a valid user name")
         return None
     return value
@@ -399,14 +413,18 @@ def _path(problems: _Problems, key: str, value: Any, base: Path) -> Path | None:
     if not isinstance(value, str) or not value or _PATH_BAD.search(value):
         problems.add(key, f"must be a file path, got {value!r}")
         return None
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # `~someone/...` for a user this machine does not know
+        problems.add(key, f"{value!r}: no home directory for {value.split('/', 1)[0]!r} on this machine")
+        return None
     return path if path.is_absolute() else base / path
 
 
 def _image(problems: _Problems, key: str, value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _IMAGE_RE.match(value):
+    if not isinstance(value, str) or not _IMAGE_RE.fullmatch(value):
         problems.add(key, f"{value!r} is not an image reference like moby/buildkit:v0.13.2")
         return None
     return value
@@ -432,9 +450,9 @@ def _driver_opts(problems: _Problems, key: str, value: Any) -> dict[str, str]:
             text = str(raw)
         if name in _RESERVED_DRIVER_OPTS:
             problems.add(f"{key}.{name}", "is set by nodefleet; use buildkit_image instead")
-        elif not _OPT_KEY_RE.match(name):
+        elif not _OPT_KEY_RE.fullmatch(name):
             problems.add(f"{key}.{name}", "option names are letters, digits, '.', '_' and '-'")
-        elif not isinstance(text, str) or not _OPT_VALUE_RE.match(text):
+        elif not isinstance(text, str) or not _OPT_VALUE_RE.fullmatch(text):
             problems.add(f"{key}.{name}", f"{raw!r} has characters a driver option cannot carry")
         else:
             opts[name] = text
@@ -447,7 +465,7 @@ def _labels(problems: _Problems, key: str, value: Any) -> Mapping[str, str]:
         return MappingProxyType({})
     labels = {}
     for name, raw in value.items():
-        if not _LABEL_RE.match(name) or not isinstance(raw, str) or not _LABEL_RE.match(raw):
+        if not _LABEL_RE.fullmatch(name) or not isinstance(raw, str) or not _LABEL_RE.fullmatch(raw):
             problems.add(f"{key}.{name}", "labels are short strings of letters, digits, '.', '_', '/' and '-'")
         else:
             labels[name] = raw

@@ -15,7 +15,14 @@ from nodefleet.errors import InventoryError
 from nodefleet.inventory import Inventory, load_inventory, parse_inventory
 
 PATH = Path("/fleet/inventory.toml")
-NASTY = st.sampled_from(["a;b", "$(id)", "`x`", "a b", "-oProxyCommand=x", "x\ny", "ARM64", "", "..", "a|b", "é", "*"])
+NASTY = st.sampled_from(
+    [
+        *["a;b", "$(id)", "`x`", "a b", "-oProxyCommand=x", "x\ny", "ARM64", "", "..", "a|b", "é", "*"],
+        # A trailing newline passed `^...$` with re.match, any text passed as an IPv6 zone id, and `~user` for
+        # an unknown user raised from pathlib.
+        *["arm64\n", "fe80::1%$(id) x", "~nosuchuser-nodefleet/key"],
+    ]
+)
 SCALARS = st.one_of(
     st.text(max_size=12),
     NASTY,
