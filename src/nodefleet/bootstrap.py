@@ -111,13 +111,46 @@ def _referenced_files(document: dict[str, Any]) -> set[str]:
     return files
 
 
+def image_present_command(image: str) -> str:
+    """Remote shell command exiting 0 when the image is on the host."""
+    return f"docker image inspect {shlex.quote(image)} >/dev/null 2>&1"
+
+
+def image_pull_command(image: str) -> str:
+    """Remote shell command pulling the image."""
+    return f"docker pull -q {shlex.quote(image)}"
+
+
+IMAGE_LOAD_COMMAND = "docker load -q"
+
+
+def remove_node_container_command(node: str, *, keep_state: bool) -> str:
+    """Remote shell command removing a node's BuildKit container (and, unless keep_state, its state volume).
+
+    It fails when the engine does not answer or the container is still there: a stopped engine would start the
+    container again (restart unless-stopped), so "removed" must mean removed. A missing container is fine.
+    """
+    container = shlex.quote(container_name(node))
+    lines = [
+        "out=$(docker version --format '{{.Server.Version}}' 2>&1) || "
+        "{ printf '%s\\n' \"$out\" | grep . | tail -n 1 >&2; exit 1; }",
+        f"docker rm -f {container} >/dev/null 2>&1",
+    ]
+    if not keep_state:
+        lines.append(f"docker volume rm -f {shlex.quote(state_volume_name(node))} >/dev/null 2>&1")
+    lines.append(
+        f"if docker container inspect {container} >/dev/null 2>&1; then "
+        f"echo {shlex.quote(f'{container_name(node)} is still there')} >&2; exit 1; fi"
+    )
+    return "\n".join(lines) + "\n"
+
+
 async def ensure_image(session: Session, image: str, archive: Path | None, *, timeout: float) -> str:
     """Make the BuildKit image present on the host: already there, pulled, or loaded from an archive."""
-    quoted = shlex.quote(image)
-    present = await session.run(f"docker image inspect {quoted} >/dev/null 2>&1", timeout=timeout)
+    present = await session.run(image_present_command(image), timeout=timeout)
     if present.ok:
         return "present"
-    pulled = await session.run(f"docker pull -q {quoted}", timeout=timeout)
+    pulled = await session.run(image_pull_command(image), timeout=timeout)
     if pulled.ok:
         return "pulled"
     if archive is None:
@@ -125,10 +158,10 @@ async def ensure_image(session: Session, image: str, archive: Path | None, *, ti
             f"cannot pull BuildKit image {image}: {tail(pulled.stderr or pulled.stdout)} "
             "(set defaults.buildkit_image_archive to load it over SSH instead)"
         )
-    loaded = await session.write_stream("docker load -q", archive, timeout=timeout)
+    loaded = await session.write_stream(IMAGE_LOAD_COMMAND, archive, timeout=timeout)
     if not loaded.ok:
         raise NodefleetError(f"cannot load {archive} on the host: {tail(loaded.stderr or loaded.stdout)}")
-    again = await session.run(f"docker image inspect {quoted} >/dev/null 2>&1", timeout=timeout)
+    again = await session.run(image_present_command(image), timeout=timeout)
     if not again.ok:
         raise NodefleetError(f"{archive} does not contain BuildKit image {image}")
     return "loaded"
@@ -136,7 +169,4 @@ async def ensure_image(session: Session, image: str, archive: Path | None, *, ti
 
 async def remove_node_container(session: Session, node: str, *, keep_state: bool, timeout: float) -> None:
     """Remove a node's BuildKit container (and, unless keep_state, its state volume) from the host."""
-    command = f"docker rm -f {shlex.quote(container_name(node))} >/dev/null 2>&1; true"
-    if not keep_state:
-        command += f"; docker volume rm -f {shlex.quote(state_volume_name(node))} >/dev/null 2>&1; true"
-    await session.run(command, timeout=timeout, check=True)
+    await session.run(remove_node_container_command(node, keep_state=keep_state), timeout=timeout, check=True)
