@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 from nodefleet.errors import CommandError, NodefleetError
 from nodefleet.platforms import normalize_platform
+from nodefleet.state import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +203,9 @@ def backup_store(builder: str, backup_dir: Path, environ: Mapping[str, str] | No
     source = instance_file(builder, environ)
     if not source.exists():
         return None
-    backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(backup_dir)
     target = backup_dir / f"{builder}.{time.time_ns()}.json"
-    shutil.copyfile(source, target)
-    target.chmod(0o600)
+    write_private(target, source.read_bytes())
     for old in sorted(backup_dir.glob(f"{builder}.*.json"))[:-5]:
         old.unlink(missing_ok=True)
     return target
@@ -218,10 +217,8 @@ def restore_store(builder: str, backup: Path | None, environ: Mapping[str, str] 
     if backup is None:
         target.unlink(missing_ok=True)
         return
-    tmp = target.with_name(target.name + ".nodefleet-restore")
-    shutil.copyfile(backup, tmp)
-    tmp.chmod(0o600)
-    tmp.replace(target)
+    private_dir(target.parent)
+    write_private(target, backup.read_bytes())
 
 
 def latest_backup(builder: str, backup_dir: Path) -> Path | None:

@@ -35,7 +35,7 @@ from nodefleet.inventory import Host, Inventory
 from nodefleet.plan import Action, NodeChange, assign_pins, plan_builder
 from nodefleet.platforms import same_architecture
 from nodefleet.ssh import HostKeyPolicy, Session, SSHTarget, open_session
-from nodefleet.state import BuilderState, default_state_dir
+from nodefleet.state import BuilderState, default_state_dir, private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +186,11 @@ def resolve_buildkitd_config(inventory: Inventory, state: BuilderState) -> Path 
         return inventory.defaults.buildkitd_config
     if not inventory.registries:
         return None
-    state.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(state.dir)
     path = state.dir / f"{inventory.builder}-buildkitd.toml"
     text = render_buildkitd_config(inventory.registries)
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-        path.chmod(0o600)
+        write_private(path, text.encode())
     return path
 
 

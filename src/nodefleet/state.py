@@ -24,6 +24,26 @@ def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     return base / "nodefleet"
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file that only its owner can read (0600 from its creation, never wider), atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def private_dir(path: Path) -> Path:
+    """Create a folder (and its parents) only its owner can enter; an existing folder is left as it is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
 class BuilderState:
     """Files under the state dir for one builder; every file is created 0600 in a 0700 folder."""
 
