@@ -176,7 +176,49 @@ def _connect_options(target: SSHTarget) -> dict[str, Any]:
         # A known_hosts file that does not exist yet trusts nobody (it is not an error to have none).
         exists = target.known_hosts.exists()
         options["known_hosts"] = str(target.known_hosts) if exists else asyncssh.import_known_hosts("")
+    else:
+        options.update(_checked_config_known_hosts(target))
     return options
+
+
+def _default_known_hosts() -> Any:
+    path = Path("~/.ssh/known_hosts").expanduser()
+    return str(path) if path.is_file() else asyncssh.import_known_hosts("")
+
+
+def _configured_known_hosts(host: str, port: int | None = None, user: str | None = None) -> Any:
+    """What asyncssh would take from ~/.ssh/config for this host's known_hosts: None means `none`."""
+    settings: dict[str, Any] = {"host": host, "config": ()}  # () = ~/.ssh/config, as asyncssh.connect reads
+    if port is not None:
+        settings["port"] = port
+    if user is not None:
+        settings["username"] = user
+    try:
+        options = asyncssh.SSHClientConnectionOptions(**settings)
+    except (OSError, ValueError, asyncssh.Error):
+        return ()  # a config asyncssh cannot read fails the real connection attempt with its own reason
+    return options.known_hosts, options.tunnel
+
+
+def _checked_config_known_hosts(target: SSHTarget) -> dict[str, Any]:
+    """Known hosts from ~/.ssh/config, never "none": asyncssh reads `UserKnownHostsFile none` as "trust any
+    host key", which nodefleet never does. The host is then checked against ~/.ssh/known_hosts; a ProxyJump
+    hop configured that way is refused (asyncssh opens hops with the config alone)."""
+    resolved = _configured_known_hosts(target.address, target.port, target.user)
+    if not resolved:
+        return {}
+    known_hosts, tunnel = resolved
+    if isinstance(tunnel, str):
+        for hop in tunnel.split(","):
+            user, _, rest = hop.rpartition("@")
+            host, _, port = rest.partition(":")
+            hop_resolved = _configured_known_hosts(host, int(port) if port.isdigit() else None, user or None)
+            if hop_resolved and hop_resolved[0] is None:
+                raise HostKeyError(
+                    f"{target.name}: ~/.ssh/config sets `UserKnownHostsFile none` for the ProxyJump host {hop}; "
+                    "nodefleet never connects without checking host keys: name a known_hosts file there"
+                )
+    return {"known_hosts": _default_known_hosts()} if known_hosts is None else {}
 
 
 async def _connect_once(target: SSHTarget, timeout: float) -> asyncssh.SSHClientConnection:
