@@ -47,6 +47,22 @@ for tool in dockerd docker-registry /usr/sbin/sshd qemu-aarch64 qemu-arm nsenter
 done
 [ -x /usr/libexec/docker/cli-plugins/docker-buildx ] || { echo "install-deps: docker-buildx plugin missing" >&2; exit 1; }
 
+# A second buildx for the end-to-end tests: Debian unstable's (0.29.x), unpacked beside the lab cache and
+# never installed over trixie's; tests/e2e run `up`/`status`/`down` with each (users run 0.13 to 0.3x).
+buildx_dir=${NODEFLEET_LAB_CACHE:-/var/cache/nodefleet-lab}/buildx/unstable
+if [ ! -x "$buildx_dir/docker-buildx" ]; then
+  echo "install-deps: fetching docker-buildx from unstable for the second-version tests"
+  ./lab/apt-setup.sh
+  work=$(mktemp -d)
+  (cd "$work" && apt-get download -q docker-buildx/unstable >/dev/null)
+  dpkg-deb -x "$work"/docker-buildx_*.deb "$work/root"
+  mkdir -p "$buildx_dir"
+  install -m 0755 "$work/root/usr/libexec/docker/cli-plugins/docker-buildx" "$buildx_dir/docker-buildx.new"
+  mv "$buildx_dir/docker-buildx.new" "$buildx_dir/docker-buildx"
+  rm -rf "$work"
+fi
+"$buildx_dir/docker-buildx" version >/dev/null || { echo "install-deps: $buildx_dir/docker-buildx does not run" >&2; exit 1; }
+
 if [ -f pyproject.toml ]; then
   stamp=.venv/.install-deps.stamp
   want=$(sha256sum pyproject.toml | cut -d' ' -f1)

@@ -125,9 +125,32 @@ def volume_exists(lab: Any, host: str, node: str) -> bool:
     return f"buildx_buildkit_{node}_state" in names
 
 
-def buildx_builders() -> set[str]:
+def buildx_builders(env: Mapping[str, str] | None = None) -> set[str]:
     """Names of the builders in buildx's store on this machine (read from the store, contacting no node)."""
     from nodefleet.buildx import store_dir
 
-    instances = store_dir() / "instances"
+    instances = store_dir({**os.environ, **(env or {})}) / "instances"
     return {path.name for path in instances.iterdir()} if instances.is_dir() else set()
+
+
+BUILDX_VARIANTS = ("trixie", "unstable")
+_UNSTABLE_BUILDX = (
+    Path(os.environ.get("NODEFLEET_LAB_CACHE", "/var/cache/nodefleet-lab")) / "buildx/unstable/docker-buildx"
+)
+
+
+def buildx_env(variant: str, config_dir: Path) -> dict[str, str]:
+    """Environment that makes the docker CLI use one buildx version: the system's (trixie) or unstable's.
+
+    The unstable plugin lives in its own DOCKER_CONFIG, which also gives it a store of its own.
+    """
+    if variant == "trixie":
+        return {}
+    if not _UNSTABLE_BUILDX.is_file():
+        raise AssertionError(f"{_UNSTABLE_BUILDX} is missing: run ./lab/install-deps.sh")
+    plugins = config_dir / "cli-plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    link = plugins / "docker-buildx"
+    if not link.exists():
+        link.symlink_to(_UNSTABLE_BUILDX)
+    return {"DOCKER_CONFIG": str(config_dir)}
