@@ -853,7 +853,8 @@ async def check_node(
             work.health = NodeHealth(state, None, tuple(known_workers[container]))
         elif state == "running":
             health = await session.run(node_workers_script(buildx.container_name(host.name)), timeout=timeout)
-            work.health = parse_node_health(health.stdout)
+            # The workers script prints no state line: the state is the one inspect just gave.
+            work.health = replace(parse_node_health(health.stdout), state=state)
         else:
             work.health = NodeHealth(state, None, ())
 

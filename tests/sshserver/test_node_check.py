@@ -1,0 +1,52 @@
+"""`check_node` (the health check `nodefleet build` runs) over real SSH, against a stub docker CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nodefleet import fleet
+from nodefleet.inventory import load_inventory
+
+from .conftest import Server
+
+CONTAINER_ID = "c0ffee" * 10 + "abcd"
+WORKERS = '[{"id":"w1","platforms":[{"architecture":"amd64","os":"linux"},{"architecture":"386","os":"linux"}]}]'
+
+
+def _stub_docker(folder: Path, state: str) -> None:
+    folder.mkdir(exist_ok=True)
+    docker = folder / "docker"
+    docker.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = inspect ] && {{ echo "{CONTAINER_ID} {state}"; exit 0; }}\n'
+        f"[ \"$1\" = exec ] && {{ echo '{WORKERS}'; exit 0; }}\n"
+        "exit 1\n"
+    )
+    docker.chmod(0o755)
+
+
+@pytest.mark.parametrize(("state", "healthy"), [("running", True), ("exited", False)])
+async def test_check_node_judges_a_running_container_by_its_workers(
+    ssh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str, healthy: bool
+) -> None:
+    ssh_server.trust()
+    _stub_docker(tmp_path / "bin", state)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")  # the server's sessions inherit it
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        f'[defaults]\nuser = "tester"\nidentity_file = "{ssh_server.client_key_path}"\n'
+        f'known_hosts = "{ssh_server.known_hosts}"\nconnect_timeout = 2\n'
+        f'[[hosts]]\nname = "local"\naddress = "127.0.0.1"\nport = {ssh_server.port}\nplatforms = ["linux/amd64"]\n'
+    )
+    inventory = load_inventory(path)
+    check = await fleet.check_node(inventory, inventory.hosts[0])
+    assert check.healthy is healthy, check.result
+    assert check.container_id == CONTAINER_ID
+    if healthy:
+        assert check.worker_platforms == ("linux/amd64", "linux/386")
+        assert check.result.native_platform == "linux/amd64"
+    else:
+        assert f"is {state}" in (check.result.error or "")
