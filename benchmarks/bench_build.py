@@ -96,6 +96,7 @@ def cached_overhead(lab: dict[str, Any], work: Path, runs: int, context: Path, b
         plain_argv = ["docker", "buildx", "build", "--builder", bench.builder, "--progress", "plain"]
         plain_argv += [*common, *plain_args, str(context)]
         nf_argv = [*NODEFLEET, "build", "-i", str(bench.inventory), *common, *nf_args, str(context)]
+        bench.nodefleet("up", check=True)  # other sessions' `down` of a builder sharing these nodes removes them
         run(plain_argv, check=True)  # warm every node's cache, and the helper builders
         run(nf_argv, bench.env, check=True)
         plain, ours = [], []
@@ -115,6 +116,7 @@ def cached_overhead(lab: dict[str, Any], work: Path, runs: int, context: Path, b
 
 def fail_closed(lab: dict[str, Any], work: Path, runs: int, context: Path, build_args: list[str]) -> dict[str, Any]:
     bench = Bench(lab, work, "benchbuild", THREE)
+    bench.nodefleet("up", check=True)
     ours, plain = [], []
     labctl("fault", "armv7-1", "net-cut")
     try:

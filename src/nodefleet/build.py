@@ -404,35 +404,29 @@ def platform_dir(platform: str) -> str:
     return platform.replace("/", "_")
 
 
-# ---------------------------------------------------------------------------------------------- layout
-
-
-class Layout(StrEnum):
-    """How the platforms are built: one build per platform (the default), or one build for all."""
-
-    SPLIT = "per-platform"
-    COMBINED = "combined"
-
+# ---------------------------------------------------------------------------------------------- outputs
 
 _SPLITTABLE = {"registry", "image", "cacheonly", "local"}
 
 
-def choose_layout(request: BuildRequest, platforms: int) -> Layout:
-    """Per-platform builds unless an output cannot be split across nodes (a tar, an OCI layout, --load of several)."""
-    if platforms <= 1 or all(output.type in _SPLITTABLE for output in request.outputs):
-        return Layout.SPLIT
-    return Layout.COMBINED
+def check_outputs(request: BuildRequest, platforms: int) -> None:
+    """Raise UsageError for outputs that several nodes cannot make.
 
-
-def check_layout(request: BuildRequest, layout: Layout, platforms: int) -> None:
-    """Raise UsageError for options that cannot work with the layout."""
-    if layout is Layout.COMBINED and request.cache_ref:
-        raise UsageError(
-            "--cache-ref needs one build per platform, which an output of type "
-            f"{', '.join(o.type for o in request.outputs if o.type not in _SPLITTABLE)} cannot be split into"
-        )
-    if platforms > 1 and request.iidfile and not request.push and layout is Layout.SPLIT:
-        raise UsageError("--iidfile with several platforms needs --push (nodefleet writes the pushed index digest)")
+    Every platform is built on its own node. A registry push, an image kept in BuildKit, a cache-only build and a
+    local folder (one subfolder per platform) split across nodes; a tar, an OCI layout or a docker image of several
+    platforms do not, and buildx refuses them for multi-node builds too ("oci for multi-node builds currently not
+    supported").
+    """
+    if platforms > 1:
+        unsplittable = sorted({output.type for output in request.outputs if output.type not in _SPLITTABLE})
+        if unsplittable:
+            what = "--load" if unsplittable == ["docker"] else f"an output of type {', '.join(unsplittable)}"
+            raise UsageError(
+                f"{what} cannot be made from {platforms} platforms built on separate nodes (buildx refuses it for "
+                "multi-node builds too): build one platform per run (--platform P), or push to a registry (--push)"
+            )
+        if request.iidfile and not request.push:
+            raise UsageError("--iidfile with several platforms needs --push (nodefleet writes the pushed index digest)")
 
 
 # ---------------------------------------------------------------------------------------------- argv
@@ -487,22 +481,6 @@ def platform_argv(
     return [*argv, "--", request.context]
 
 
-def combined_argv(
-    request: BuildRequest, platforms: Sequence[str], builder: str, *, metadata_file: str, progress: str
-) -> list[str]:
-    """One `docker buildx build` for every platform on the main builder, each platform pinned on its node."""
-    argv = ["docker", "buildx", "build", "--builder", builder, "--platform", ",".join(platforms)]
-    argv += ["--progress", progress, *request.passthrough]
-    for tag in request.tags:
-        argv += ["--tag", tag]
-    for output in request.outputs:
-        argv += ["--output", format_output(output)]
-    argv += ["--metadata-file", metadata_file]
-    if request.iidfile:
-        argv += ["--iidfile", request.iidfile]
-    return [*argv, "--", request.context]
-
-
 def imagetools_create_argv(builder: str, names: Sequence[str], sources: Sequence[str]) -> list[str]:
     """`docker buildx imagetools create`: one index from the platforms' pushed images, under every name."""
     argv = ["docker", "buildx", "imagetools", "create", "--builder", builder, "--progress", "plain"]
@@ -545,7 +523,6 @@ class NodeView:
     name: str
     order: int
     platforms: tuple[str, ...] = ()
-    primary_for: tuple[str, ...] = ()
     health: Health = Health.UNCHECKED
     error: str | None = None
     workers: tuple[str, ...] = ()
@@ -578,11 +555,9 @@ class Selection:
 _COMPATIBLE = {"linux/arm64": "linux/arm", "linux/amd64": "linux/386"}
 
 
-def native_order(views: Iterable[NodeView], platform: str, *, primaries_only: bool = False) -> list[NodeView]:
+def native_order(views: Iterable[NodeView], platform: str) -> list[NodeView]:
     """Native nodes of a platform, least recently used first (inventory order on ties)."""
     nodes = [view for view in views if view.native_for(platform)]
-    if primaries_only:
-        nodes = [view for view in nodes if platform in view.primary_for]
     return sorted(nodes, key=lambda view: (view.last_used, view.order))
 
 
@@ -624,7 +599,6 @@ def select_nodes(
     *,
     allow_emulation: bool,
     grace_over: bool,
-    primaries_only: bool = False,
     hint: str = "",
 ) -> Selection:
     """Choose a node for every platform (requested, or by default every platform of a healthy node).
@@ -643,7 +617,7 @@ def select_nodes(
     skipped: list[str] = []
     busy: dict[str, int] = {}
     for platform in requested:
-        nodes = native_order(views, platform, primaries_only=primaries_only)
+        nodes = native_order(views, platform)
         chosen, waiting = _decide_native(nodes, grace_over)
         if waiting:
             return Selection(pending=True)
@@ -654,7 +628,7 @@ def select_nodes(
         if default:
             skipped.append(f"{platform} skipped: {_states(nodes)}")
             continue
-        if allow_emulation and not primaries_only:
+        if allow_emulation:
             if any(view.health is Health.PENDING for view in views) and not grace_over:
                 return Selection(pending=True)
             able = emulation_order(views, platform, busy)
@@ -920,7 +894,6 @@ class BuildReport:
     builder: str
     platforms: list[PlatformResult] = field(default_factory=list)
     nodes: list[fleet.HostResult] = field(default_factory=list)
-    layout: Layout = Layout.SPLIT
     names: tuple[str, ...] = ()
     index_digest: str | None = None
     pushed: bool = False
@@ -950,7 +923,6 @@ class BuildReport:
             "command": "build",
             "builder": self.builder,
             "ok": self.ok,
-            "layout": self.layout.value,
             "seconds": round(self.seconds, 3),
             "platforms": [result.as_json() for result in self.platforms],
             "pushed": {"names": list(self.names), "index_digest": self.index_digest} if self.pushed else None,
@@ -1048,7 +1020,6 @@ def initial_views(
                 name=host.name,
                 order=order,
                 platforms=platforms,
-                primary_for=pins.get(host.name, ()),
                 last_used=float(known.get("last_used") or 0.0),
             )
         )
@@ -1349,6 +1320,7 @@ async def build(inventory: Inventory, request: BuildRequest, options: BuildOptio
     report = BuildReport(inventory.builder)
     if not inventory.enabled_hosts:
         raise UsageError(f"{inventory.path}: no enabled hosts")
+    check_outputs(request, len(request.platforms))
     state_dir = options.state_dir or default_state_dir()
     job = _Build(inventory, request, options, state_dir)
     try:
@@ -1378,20 +1350,6 @@ async def _build(job: _Build, report: BuildReport) -> None:
                 views, request.platforms, allow_emulation=request.allow_emulation, grace_over=grace, hint=hint
             ),
         )
-        layout = choose_layout(request, len(selection.choices))
-        if layout is Layout.COMBINED and not selection.refused:
-            selection = await checks.settle(
-                base,
-                lambda views, grace: select_nodes(
-                    views,
-                    [choice.platform for choice in selection.choices],
-                    allow_emulation=False,
-                    grace_over=grace,
-                    primaries_only=True,
-                    hint="an output that cannot be split across nodes is built on the main builder, by primaries",
-                ),
-            )
-        report.layout = layout
         await job.remember(checks.checked())
         job.views = {view.name: view for view in checks.views(base)}
         _tell_routing(job, selection)
@@ -1399,13 +1357,10 @@ async def _build(job: _Build, report: BuildReport) -> None:
         if selection.refused:
             _refuse(report, selection)
             return
-        check_layout(request, layout, len(selection.choices))
+        check_outputs(request, len(selection.choices))
         report.platforms = [_result_for(job, choice) for choice in selection.choices]
         await job.mark_used(choice.node for choice in selection.choices)
-        if layout is Layout.COMBINED:
-            await _run_combined(job, report, selection)
-        else:
-            await _run_split(job, report, selection, checks)
+        await _run_split(job, report, selection, checks)
         await job.remember(checks.checked())  # checks that answered during the build, so they are quick next time
     finally:
         report.nodes = checks.results()
@@ -1590,34 +1545,6 @@ async def _run_logged(job: _Build, argv: list[str]) -> None:
     )
     if run.exit_status != 0:
         raise CommandError(shlex.join(argv), run.exit_status, "\n".join(run.lines))
-
-
-async def _run_combined(job: _Build, report: BuildReport, selection: Selection) -> None:
-    """One build for every platform on the main builder; its pins route each platform to the chosen primary."""
-    request = job.request
-    platforms = [choice.platform for choice in selection.choices]
-    progress, inherit = progress_mode(request, 1)
-    metadata = job.tmp / "combined.json"
-    argv = combined_argv(request, platforms, job.inventory.builder, metadata_file=str(metadata), progress=progress)
-    job.options.notice(
-        f"building {', '.join(platforms)} in one build on {job.inventory.builder} (the output cannot be split)"
-    )
-    run = await _run_streaming(argv, label="", options=job.options, stdin=request.stdin, inherit_stderr=inherit)
-    error = None if run.exit_status == 0 else (error_text(run.lines) or f"exited {run.exit_status}")
-    kind = classify_failure(error) if error else None
-    for result in report.platforms:
-        result.seconds = run.seconds
-        result.status = "built" if error is None else "failed"
-        result.error = error
-        result.error_kind = kind
-        result.attempts.append(Attempt(result.node or "", result.status, run.seconds, error, kind))
-    if error is None and request.metadata_file:
-        _copy_file(metadata, Path(request.metadata_file))
-
-
-def _copy_file(source: Path, target: Path) -> None:
-    with contextlib.suppress(OSError):
-        target.write_bytes(source.read_bytes())
 
 
 def _write_metadata(job: _Build, report: BuildReport) -> None:

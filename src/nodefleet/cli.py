@@ -339,10 +339,11 @@ def _render_build(report: BuildReport, as_json: bool, *, err: bool) -> None:
         for attempt in result.attempts[:-1]:
             line = f"{result.platform}: {attempt.node} failed ({attempt.error_kind}): {attempt.error}"
             out.print(escape(line), highlight=False)
-        if result.error and result.status in {"failed", "refused"}:
-            out.print(
-                f"[red]{result.platform}[/]{escape(_failure_kind(result))}: {escape(result.error)}", highlight=False
-            )
+        if result.error and result.status == "refused":
+            out.print(f"[red]refused[/] {escape(result.error)}", highlight=False)
+        elif result.error and result.status == "failed":
+            kind = _failure_kind(result)
+            out.print(f"[red]{result.platform}[/]{escape(kind)}: {escape(result.error)}", highlight=False)
     for node in report.nodes:
         if node.status == "failed":
             out.print(f"[yellow]{node.name}[/] not used: {escape(node.error or 'failed')}", highlight=False)
@@ -360,7 +361,7 @@ def _render_build(report: BuildReport, as_json: bool, *, err: bool) -> None:
 def _build_table(report: BuildReport) -> Table:
     from rich.table import Table
 
-    table = Table(title=f"builder {report.builder} — build ({report.layout.value})", title_justify="left")
+    table = Table(title=f"builder {report.builder} — build", title_justify="left")
     for column in ("platform", "node", "mode", "status", "s", "cached", "manifest"):
         table.add_column(column, justify="right" if column in {"s", "cached"} else "left")
     styles = {"built": "green", "failed": "bold red", "refused": "bold red", "cancelled": "yellow"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,11 @@ from nodefleet.build import (
     Choice,
     FailureKind,
     Health,
-    Layout,
     NodeView,
     Output,
     StepCounter,
-    check_layout,
-    choose_layout,
+    check_outputs,
     classify_failure,
-    combined_argv,
     emulation_order,
     error_text,
     format_output,
@@ -189,28 +187,28 @@ def test_repository(reference: str, repo: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "platforms", "layout"),
+    ("args", "platforms", "refused"),
     [
-        (["--push", "-t", "a", "."], 3, Layout.SPLIT),
-        (["."], 3, Layout.SPLIT),
-        (["-o", "type=local,dest=out", "."], 3, Layout.SPLIT),
-        (["--load", "."], 1, Layout.SPLIT),
-        (["--load", "."], 2, Layout.COMBINED),
-        (["-o", "type=oci,dest=o.tar", "."], 2, Layout.COMBINED),
-        (["-o", "-", "."], 2, Layout.COMBINED),
-        (["-o", "-", "."], 1, Layout.SPLIT),
+        (["--push", "-t", "a", "."], 3, None),
+        (["."], 3, None),
+        (["-o", "type=local,dest=out", "."], 3, None),
+        (["-o", "type=cacheonly", "."], 3, None),
+        (["--load", "."], 1, None),
+        (["-o", "-", "."], 1, None),
+        (["--load", "."], 2, "--load cannot be made from 2 platforms"),
+        (["-o", "type=oci,dest=o.tar", "."], 2, "type oci"),
+        (["-o", "-", "."], 3, "type tar"),
+        (["--iidfile", "id", "."], 2, "--iidfile with several platforms needs --push"),
+        (["--iidfile", "id", "--push", "-t", "r/a", "."], 2, None),
     ],
 )
-def test_choose_layout(args: list[str], platforms: int, layout: Layout) -> None:
-    assert choose_layout(parse_request(args), platforms) is layout
-
-
-def test_check_layout_refuses_what_cannot_work() -> None:
-    with pytest.raises(UsageError, match="--cache-ref needs one build per platform"):
-        check_layout(parse_request(["--load", "."], cache_ref="r/c"), Layout.COMBINED, 2)
-    with pytest.raises(UsageError, match="--iidfile"):
-        check_layout(parse_request(["--iidfile", "id", "."]), Layout.SPLIT, 2)
-    check_layout(parse_request(["--iidfile", "id", "--push", "-t", "r/a", "."]), Layout.SPLIT, 2)
+def test_check_outputs(args: list[str], platforms: int, refused: str | None) -> None:
+    request = parse_request(args)
+    if refused is None:
+        check_outputs(request, platforms)
+    else:
+        with pytest.raises(UsageError, match=re.escape(refused)):
+            check_outputs(request, platforms)
 
 
 def test_platform_argv_pushes_by_digest_with_a_cache_per_platform() -> None:
@@ -264,14 +262,6 @@ def test_platform_argv_single_platform_passes_tags_load_and_iidfile() -> None:
     assert "--iidfile" in argv
 
 
-def test_combined_argv_uses_the_main_builder_and_passes_outputs() -> None:
-    request = parse_request(["-t", "a", "-o", "type=oci,dest=out.tar", "--metadata-file", "m.json", "."])
-    argv = combined_argv(request, [AMD, ARM], "fleet", metadata_file="/tmp/c.json", progress="plain")
-    assert argv[:8] == ["docker", "buildx", "build", "--builder", "fleet", "--platform", f"{AMD},{ARM}", "--progress"]
-    assert "type=oci,dest=out.tar" in argv
-    assert argv[argv.index("--metadata-file") + 1] == "/tmp/c.json"
-
-
 def test_imagetools_create_argv() -> None:
     assert imagetools_create_argv("b", ["r/a:1", "r/a:2"], ["r/a@sha256:1", "r/a@sha256:2"]) == [
         "docker",
@@ -323,16 +313,15 @@ def view(
         last_used=last_used,
         workers=tuple(workers),  # type: ignore[arg-type]
         error=kw.pop("error", None),  # type: ignore[arg-type]
-        primary_for=tuple(kw.pop("primary_for", ())),  # type: ignore[arg-type]
     )
 
 
 def fleet(arm1: Health = H, arm2: Health = H, *, used1: float = 0.0, used2: float = 0.0) -> list[NodeView]:
     return [
-        view("amd64-1", 0, AMD, workers=(AMD, "linux/386", ARM, V7, V6), primary_for=(AMD,)),
-        view("arm64-1", 1, ARM, arm1, used1, workers=(ARM, V7, V6), primary_for=(ARM,)),
+        view("amd64-1", 0, AMD, workers=(AMD, "linux/386", ARM, V7, V6)),
+        view("arm64-1", 1, ARM, arm1, used1, workers=(ARM, V7, V6)),
         view("arm64-2", 2, ARM, arm2, used2, workers=(ARM, V7, V6)),
-        view("armv7-1", 3, V7, workers=(V7, V6), primary_for=(V7,)),
+        view("armv7-1", 3, V7, workers=(V7, V6)),
     ]
 
 
@@ -446,13 +435,6 @@ def test_nothing_healthy_is_refused() -> None:
     views = [view("amd64-1", 0, AMD, F)]
     selection = select_nodes(views, [], allow_emulation=False, grace_over=True)
     assert selection.refused and "no healthy node" in selection.refused[0][1]
-
-
-def test_primaries_only_for_a_combined_build() -> None:
-    selection = select_nodes(fleet(used1=9), [ARM], allow_emulation=False, grace_over=True, primaries_only=True)
-    assert chosen(selection) == {ARM: ("arm64-1", False)}
-    refused = select_nodes(fleet(arm1=F), [ARM], allow_emulation=False, grace_over=True, primaries_only=True, hint="h")
-    assert refused.refused and "(h)" in refused.refused[0][1]
 
 
 def test_hosts_to_check() -> None:
@@ -623,7 +605,6 @@ def test_build_report_json_keys_are_stable() -> None:
         "command",
         "builder",
         "ok",
-        "layout",
         "seconds",
         "platforms",
         "pushed",
@@ -657,3 +638,13 @@ def test_build_report_json_keys_are_stable() -> None:
         "error_kind": "infrastructure",
     }
     assert json.loads(json.dumps(document)) == document
+
+
+def test_unsplittable_output_is_refused_before_any_host_is_contacted(tmp_path: Path) -> None:
+    from nodefleet.cli import cli
+
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text('[[hosts]]\nname = "a"\naddress = "127.0.0.1"\nport = 1\n')  # never contacted
+    args = ["build", "-i", str(inventory), "--platform", "linux/amd64,linux/arm64", "-o", "type=oci,dest=x.tar", "."]
+    with pytest.raises(UsageError, match="type oci cannot be made from 2 platforms"):
+        cli.main(args, standalone_mode=False)
