@@ -68,7 +68,8 @@ def median(samples: list[float]) -> float:
 
 
 def labctl(*args: str) -> None:
-    subprocess.run([sys.executable, str(REPO / "lab" / "labctl.py"), *args], check=True)
+    # labctl reports on stdout; this script's stdout is the JSON document only
+    subprocess.run([sys.executable, str(REPO / "lab" / "labctl.py"), *args], check=True, stdout=sys.stderr)
 
 
 class Bench:
