@@ -410,13 +410,18 @@ def _plan(
 ) -> tuple[list[NodeChange], dict[str, NodeSpec]]:
     """Desired specs for the hosts that are ready; hosts that are not stay in the builder untouched."""
     ready = [work for work in works if work.ready]
-    stored_names = {node.name for node in stored.nodes} if stored else set()
-    # Pins go to the first host of each platform among the nodes the builder will have after this run.
-    members = [
-        (work.host.name, (work.result.platform,) if work.result.platform else ())
-        for work in works
-        if work.ready or work.host.name in stored_names
-    ]
+    # Pins go to the first host of each platform among the nodes the builder will have after this run. A host
+    # that is in the builder but unreachable now keeps its pins: moving them to its standby would need a builder
+    # change, which is refused while a node is unreachable, and would fail the healthy standby.
+    members: list[tuple[str, tuple[str, ...]]] = []
+    for work in works:
+        node = stored.node(work.host.name) if stored else None
+        if not work.ready and node is None:
+            continue  # not in the builder after this run
+        if work.result.platform:
+            members.append((work.host.name, (work.result.platform,)))
+        else:
+            members.append((work.host.name, node.platforms if node else ()))
     pins = assign_pins(members)
     specs: dict[str, NodeSpec] = {}
     for work in ready:

@@ -36,7 +36,7 @@ from nodefleet.bootstrap import (
     remove_node_container_command,
     render_buildkitd_config,
 )
-from nodefleet.build import combined_argv, imagetools_create_argv, imagetools_inspect_argv, parse_request, platform_argv
+from nodefleet.build import imagetools_create_argv, imagetools_inspect_argv, parse_request, platform_argv
 from nodefleet.errors import InventoryError
 from nodefleet.facts import node_health_script
 from nodefleet.fleet import helper_builder_name, node_check_script, node_spec, ssh_target, target_from_endpoint
@@ -275,9 +275,6 @@ def check_build(builder: str, helper: str, platform: str) -> None:
     argv = platform_argv(request, platform, helper, platforms=1, metadata_file="/tmp/m.json", progress="plain")
     assert_option(argv, "--builder", helper)
     assert_option(argv, "--platform", platform)
-    assert argv[-2:] == ["--", "ctx dir"]
-    argv = combined_argv(request, [platform], builder, metadata_file="/tmp/m.json", progress="plain")
-    assert_option(argv, "--builder", builder)
     assert argv[-2:] == ["--", "ctx dir"]
     assert_option(
         imagetools_create_argv(helper, ["reg.example/app:1"], ["reg.example/app@sha256:0"]), "--builder", helper
