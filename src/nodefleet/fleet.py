@@ -6,7 +6,7 @@ import asyncio
 import logging
 import shlex
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -693,22 +693,44 @@ async def down(inventory: Inventory, options: FleetOptions | None = None) -> Fle
                 for name, target in targets.items()
             ],
         )
+        uncleaned = {name for name, result in results.items() if result.status == "failed"}
         if stored is not None or buildx.instance_file(inventory.builder).exists():
-            backup = buildx.backup_store(inventory.builder, state.backup_dir)
-            try:
-                await buildx.run_local(
-                    buildx.rm_argv(inventory.builder, keep_state=True, keep_daemon=True), timeout=120
-                )
-            except CommandError as exc:
-                buildx.restore_store(inventory.builder, backup)
-                notes.append(f"docker buildx rm {shlex.quote(inventory.builder)} failed: {exc}")
-                for result in results.values():
-                    result.fail(f"builder not removed: {exc}")
-        notes.extend(await remove_helper_builders(inventory.builder, state.dir))
+            await _remove_builder(inventory.builder, stored, uncleaned, state, results, notes)
+        notes.extend(await remove_helper_builders(inventory.builder, state.dir, skip=uncleaned))
         state.forget()
     report = FleetReport("down", inventory.builder, list(results.values()), changed=True, notes=notes)
     report.seconds = time.monotonic() - started
     return report
+
+
+async def _remove_builder(
+    builder: str,
+    stored: StoredBuilder | None,
+    uncleaned: set[str],
+    state: BuilderState,
+    results: Mapping[str, HostResult],
+    notes: list[str],
+) -> None:
+    """Remove the builder from buildx's store. `buildx rm` inspects every node's container, even with
+    --keep-daemon, and waits on ssh's own 30 s timeout for a dead host; so the nodes whose host could not be
+    cleaned leave first (`create --leave` contacts no host), and `rm` only meets hosts that just answered."""
+    leaving = [node.name for node in stored.nodes if node.name in uncleaned] if stored else []
+    if stored is not None and len(leaving) == len(stored.nodes):
+        notes.append(
+            f"builder {builder} kept in buildx's store: none of its hosts could be cleaned; "
+            "run `nodefleet down` again once they are back"
+        )
+        return
+    backup = buildx.backup_store(builder, state.backup_dir)
+    try:
+        for name in leaving:
+            await buildx.run_local(buildx.leave_argv(builder, name), timeout=60)
+        await buildx.run_local(buildx.rm_argv(builder, keep_state=True, keep_daemon=True), timeout=120)
+    except CommandError as exc:
+        buildx.restore_store(builder, backup)
+        notes.append(f"docker buildx rm {shlex.quote(builder)} failed: {exc}")
+        for result in results.values():
+            result.fail(f"builder not removed: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------- build support
@@ -760,10 +782,15 @@ def helper_builders(builder: str) -> list[str]:
     return helpers
 
 
-async def remove_helper_builders(builder: str, state_dir: Path) -> list[str]:
-    """Drop the helper builders from buildx's store, keeping the BuildKit containers they share; returns notes."""
+async def remove_helper_builders(builder: str, state_dir: Path, *, skip: Collection[str] = ()) -> list[str]:
+    """Drop the helper builders from buildx's store, keeping the BuildKit containers they share; returns notes.
+    Helpers of the nodes in `skip` (hosts that could not be reached) stay: `buildx rm` would wait on them."""
     notes = []
     for name in helper_builders(builder):
+        node = name[len(builder + HELPER_SEPARATOR) :]
+        if node in skip:
+            notes.append(f"builder {name} kept: {node} could not be reached; the next `nodefleet down` removes it")
+            continue
         try:
             await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=60)
         except CommandError as exc:
