@@ -1487,7 +1487,7 @@ async def _attempt(
         return
     metadata = job.tmp / f"{platform_slug(platform)}-{len(result.attempts)}.json"
     argv = platform_argv(job.request, platform, helper, platforms=count, metadata_file=str(metadata), progress=progress)
-    mode = "emulating" if result.emulated else "natively"
+    mode = "under emulation (QEMU)" if result.emulated else "natively"
     job.options.notice(f"{platform}: building {mode} on {attempt.node}")
     run = await _run_streaming(
         argv, label=label, options=job.options, stdin=job.request.stdin, inherit_stderr=inherit, abort=job.abort
