@@ -625,6 +625,10 @@ def select_nodes(
             choices.append(Choice(platform, chosen.name))
             busy[chosen.name] = busy.get(chosen.name, 0) + 1
             continue
+        if any(view.health is Health.PENDING and not view.platforms for view in views):
+            # A host whose platform is not known yet (a standby never built on, or the record lost) may be a
+            # native node of this platform: wait for its answer (each check is bounded) before refusing.
+            return Selection(pending=True)
         if default:
             skipped.append(f"{platform} skipped: {_states(nodes)}")
             continue
@@ -772,11 +776,26 @@ def error_text(lines: Iterable[str]) -> str:
     return "\n".join(errors[-3:]) if errors else "\n".join(kept[-5:])
 
 
+# A registry that fails (refused, unreachable, denied) while pushing or resolving an image is not the node's fault:
+# another node would meet the same registry.
+_REGISTRY_MARKERS = (
+    "failed to push",
+    "failed to resolve source metadata",
+    "failed to authorize",
+    "failed to fetch oauth token",
+    "failed to fetch anonymous token",
+    "pull access denied",
+)
+
+
 def classify_failure(error: str) -> FailureKind:
-    """A Dockerfile error is never retried; a node or connection fault is retried once on another node."""
+    """A Dockerfile or registry error is never retried; a node or connection fault is retried once on another
+    node."""
     lowered = error.lower()
     if any(marker in lowered for marker in _DOCKERFILE_MARKERS):
         return FailureKind.DOCKERFILE
+    if any(marker in lowered for marker in _REGISTRY_MARKERS):
+        return FailureKind.OTHER
     if any(marker in lowered for marker in _INFRA_MARKERS) or _EOF_RE.search(error):
         return FailureKind.INFRASTRUCTURE
     return FailureKind.OTHER
