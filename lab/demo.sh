@@ -18,7 +18,7 @@ echo "== nodefleet build"
 echo "== each platform's image, run"
 amd64_socket=$(python3 -c "import json,sys; print([h for h in json.load(open(sys.argv[1]))['hosts'] if h['name']=='amd64-1'][0]['docker_host'])" "$lab_dir/lab.json")
 for platform in linux/amd64 linux/arm64 linux/arm/v7; do
-  DOCKER_HOST="unix://${amd64_socket#unix://}" docker run --rm --pull always --platform "$platform" "$image"
+  DOCKER_HOST="unix://${amd64_socket#unix://}" docker run --rm --quiet --pull always --platform "$platform" "$image"
 done
 echo "== nodefleet status"
 "${nodefleet[@]}" status -i "$inventory"
