@@ -169,4 +169,7 @@ async def ensure_image(session: Session, image: str, archive: Path | None, *, ti
 
 async def remove_node_container(session: Session, node: str, *, keep_state: bool, timeout: float) -> None:
     """Remove a node's BuildKit container (and, unless keep_state, its state volume) from the host."""
-    await session.run(remove_node_container_command(node, keep_state=keep_state), timeout=timeout, check=True)
+    result = await session.run(remove_node_container_command(node, keep_state=keep_state), timeout=timeout)
+    if not result.ok:
+        # The script's own last words (the engine's error, or "... is still there"), not the script itself.
+        raise NodefleetError(tail(result.stderr or result.stdout, lines=1) or f"exit status {result.exit_status}")

@@ -784,12 +784,12 @@ def helper_builders(builder: str) -> list[str]:
 
 async def remove_helper_builders(builder: str, state_dir: Path, *, skip: Collection[str] = ()) -> list[str]:
     """Drop the helper builders from buildx's store, keeping the BuildKit containers they share; returns notes.
-    Helpers of the nodes in `skip` (hosts that could not be reached) stay: `buildx rm` would wait on them."""
+    Helpers of the nodes in `skip` (hosts that could not be cleaned) stay: `buildx rm` would wait on them."""
     notes = []
     for name in helper_builders(builder):
         node = name[len(builder + HELPER_SEPARATOR) :]
         if node in skip:
-            notes.append(f"builder {name} kept: {node} could not be reached; the next `nodefleet down` removes it")
+            notes.append(f"builder {name} kept: {node} could not be cleaned; the next `nodefleet down` removes it")
             continue
         try:
             await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=60)

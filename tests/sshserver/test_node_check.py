@@ -50,3 +50,23 @@ async def test_check_node_judges_a_running_container_by_its_workers(
         assert check.result.native_platform == "linux/amd64"
     else:
         assert f"is {state}" in (check.result.error or "")
+
+
+async def test_down_says_in_one_line_why_a_container_could_not_be_removed(
+    ssh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session has no engine: the host is failed (not falsely removed), with the engine's own words."""
+    ssh_server.trust()
+    monkeypatch.setenv("BUILDX_CONFIG", str(tmp_path / "buildx"))
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        f'[defaults]\nuser = "tester"\nidentity_file = "{ssh_server.client_key_path}"\n'
+        f'known_hosts = "{ssh_server.known_hosts}"\nconnect_timeout = 2\n'
+        f'[[hosts]]\nname = "local"\naddress = "127.0.0.1"\nport = {ssh_server.port}\n'
+    )
+    report = await fleet.down(load_inventory(path), fleet.FleetOptions(state_dir=tmp_path / "state"))
+    (host,) = report.hosts
+    assert report.exit_code == 1 and host.status == "failed"
+    assert host.error is not None and "\n" not in host.error
+    assert "Cannot connect to the Docker daemon" in host.error, host.error
+    assert "docker rm" not in host.error  # the reason, not the script
