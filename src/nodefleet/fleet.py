@@ -604,18 +604,21 @@ async def status(inventory: Inventory, options: FleetOptions | None = None) -> F
     options = options or FleetOptions()
     started = time.monotonic()
     notes: list[str] = []
+    missing = "not in the builder; run `nodefleet up`"
     try:
         stored = buildx.read_store(inventory.builder)
     except buildx.CorruptStoreError as exc:
         stored = None
-        notes.append(f"{buildx.instance_file(inventory.builder)}: {exc}")
-    if stored is None:
-        notes.append(f"builder {inventory.builder} does not exist; run `nodefleet up`")
+        missing = "buildx's builder file is unreadable; `nodefleet up` restores it from nodefleet's backup"
+        notes.append(f"{buildx.instance_file(inventory.builder)}: {exc}; {missing.split('; ', 1)[1]}")
+    else:
+        if stored is None:
+            notes.append(f"builder {inventory.builder} does not exist; run `nodefleet up`")
     works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
     try:
         await _bounded(
             _parallel(inventory, options),
-            [partial(_status_host, w, inventory, options, stored) for w in works],
+            [partial(_status_host, w, inventory, options, stored, missing) for w in works],
         )
     finally:
         await _close_all(works)
@@ -641,7 +644,7 @@ async def status(inventory: Inventory, options: FleetOptions | None = None) -> F
 
 
 async def _status_host(
-    work: _HostWork, inventory: Inventory, options: FleetOptions, stored: StoredBuilder | None
+    work: _HostWork, inventory: Inventory, options: FleetOptions, stored: StoredBuilder | None, missing: str
 ) -> None:
     await _connect(
         work,
@@ -656,7 +659,7 @@ async def _status_host(
     await _gather_facts(work, inventory)
     await _check_openssh(work, inventory)
     if node is None and work.result.status != "failed":
-        work.result.fail("not in the builder; run `nodefleet up`")
+        work.result.fail(missing)
     if work.ready:
         await _check_health(work, inventory)
     _judge_health(work)

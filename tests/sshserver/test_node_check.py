@@ -70,3 +70,24 @@ async def test_down_says_in_one_line_why_a_container_could_not_be_removed(
     assert host.error is not None and "\n" not in host.error
     assert "Cannot connect to the Docker daemon" in host.error, host.error
     assert "docker rm" not in host.error  # the reason, not the script
+
+
+async def test_status_with_an_unreadable_builder_file_says_so_and_changes_nothing(
+    ssh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ssh_server.trust()
+    monkeypatch.setenv("BUILDX_CONFIG", str(tmp_path / "buildx"))
+    instance = tmp_path / "buildx" / "instances" / "nodefleet"
+    instance.parent.mkdir(parents=True)
+    instance.write_text('{"Name": "nodefleet", "Nodes": [ garbage')
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        f'[defaults]\nuser = "tester"\nidentity_file = "{ssh_server.client_key_path}"\n'
+        f'known_hosts = "{ssh_server.known_hosts}"\nconnect_timeout = 2\n'
+        f'[[hosts]]\nname = "local"\naddress = "127.0.0.1"\nport = {ssh_server.port}\n'
+    )
+    report = await fleet.status(load_inventory(path), fleet.FleetOptions(state_dir=tmp_path / "state"))
+    assert report.exit_code == 1
+    (note,) = report.notes
+    assert note.startswith(f"{instance}: ") and "`nodefleet up` restores it from nodefleet's backup" in note
+    assert instance.read_text() == '{"Name": "nodefleet", "Nodes": [ garbage'
