@@ -47,11 +47,19 @@ class CommandError(NodefleetError):
         self.exit_status = exit_status
         self.stderr = stderr
         self.stdout = stdout
-        super().__init__(f"`{command}` exited {exit_status}: {tail(stderr or stdout)}")
+        outcome = f"exited {exit_status}" if exit_status is not None else "failed"
+        super().__init__(f"`{short_command(command)}` {outcome}: {tail(stderr or stdout)}")
 
 
 class LockError(NodefleetError):
     """Another nodefleet run holds the builder's lock."""
+
+
+def short_command(command: str, width: int = 160) -> str:
+    """A command as one line for a message: a script shows its first line and an ellipsis."""
+    lines = [line.strip() for line in command.strip().splitlines() if line.strip()]
+    text = (lines[0] if lines else "") + (" …" if len(lines) > 1 else "")
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def tail(text: str, lines: int = 3, width: int = 400) -> str:

@@ -89,6 +89,9 @@ class Session:
             raise CommandError(command, None, f"timed out after {timeout:g} s") from None
         except (asyncssh.ConnectionLost, asyncssh.ChannelOpenError, OSError) as exc:
             raise TransientSSHError(f"{self.target.name}: connection lost running a command: {exc}") from None
+        if completed.exit_status is None and completed.exit_signal is None:
+            # The channel closed without an exit status: the server went away (sshd killed, host down).
+            raise TransientSSHError(f"{self.target.name}: connection lost running a command (no exit status)")
         result = CommandResult(
             command=command,
             exit_status=completed.exit_status if completed.exit_status is not None else 255,

@@ -91,3 +91,41 @@ async def test_status_with_an_unreadable_builder_file_says_so_and_changes_nothin
     (note,) = report.notes
     assert note.startswith(f"{instance}: ") and "`nodefleet up` restores it from nodefleet's backup" in note
     assert instance.read_text() == '{"Name": "nodefleet", "Nodes": [ garbage'
+
+
+async def test_a_session_closed_without_exit_status_is_a_lost_connection_in_one_line(tmp_path: Path) -> None:
+    """sshd killed mid-command: the channel closes with no exit status. That is a lost connection (worth a retry
+    elsewhere), not `exit 255` with the whole remote script in the message."""
+    import asyncssh
+
+    from nodefleet.errors import CommandError, TransientSSHError
+    from nodefleet.ssh import SSHTarget, open_session
+
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "id").write_bytes(client_key.export_private_key())
+    (tmp_path / "id").chmod(0o600)
+
+    def vanish(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        process.close()  # no exit status, no signal: what the client sees when the server process dies
+
+    acceptor = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        authorized_client_keys=asyncssh.import_authorized_keys(client_key.export_public_key().decode()),
+        process_factory=vanish,
+    )
+    port = acceptor.sockets[0].getsockname()[1]
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
+    target = SSHTarget("gone", "127.0.0.1", "tester", port, tmp_path / "id", tmp_path / "known_hosts", 2.0)
+    try:
+        async with await open_session(target) as session:
+            with pytest.raises(
+                TransientSSHError, match=r"^gone: connection lost running a command \(no exit status\)$"
+            ):
+                await session.run("echo one\necho two\n", timeout=5, check=True)
+    finally:
+        acceptor.close()
+    message = str(CommandError("echo one\n  echo two\n", None, "timed out after 5 s"))
+    assert message == "`echo one …` failed: timed out after 5 s"
