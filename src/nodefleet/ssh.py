@@ -240,9 +240,8 @@ async def _connect_once(target: SSHTarget, timeout: float) -> asyncssh.SSHClient
             f"{target.name}: SSH login refused for {_who(target)} (check the user and identity_file)"
         ) from None
     except (TimeoutError, asyncssh.ConnectionLost) as exc:
-        raise TransientSSHError(
-            f"{target.name}: SSH to {_who(target)} timed out or dropped ({exc or 'timeout'})"
-        ) from None
+        reason = str(exc) or f"no answer within {timeout:g} s"  # a TimeoutError has no message of its own
+        raise TransientSSHError(f"{target.name}: SSH to {_who(target)} timed out or dropped ({reason})") from None
     except asyncssh.KeyImportError as exc:
         raise AuthError(f"{target.name}: cannot use identity_file {target.identity_file}: {exc}") from None
     except asyncssh.Error as exc:

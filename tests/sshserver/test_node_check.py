@@ -129,3 +129,20 @@ async def test_a_session_closed_without_exit_status_is_a_lost_connection_in_one_
         acceptor.close()
     message = str(CommandError("echo one\n  echo two\n", None, "timed out after 5 s"))
     assert message == "`echo one …` failed: timed out after 5 s"
+
+
+async def test_a_silent_host_says_how_long_it_was_given() -> None:
+    import socket
+
+    from nodefleet.errors import TransientSSHError
+    from nodefleet.ssh import SSHTarget, open_session
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)  # accepts TCP, never speaks SSH
+    try:
+        target = SSHTarget("silent", "127.0.0.1", port=listener.getsockname()[1], connect_timeout=1.0)
+        with pytest.raises(TransientSSHError, match=r"timed out or dropped \(no answer within 1 s\)$"):
+            await open_session(target, attempts=1)
+    finally:
+        listener.close()
