@@ -240,7 +240,7 @@ async def _connect_once(target: SSHTarget, timeout: float) -> asyncssh.SSHClient
             f"{target.name}: SSH login refused for {_who(target)} (check the user and identity_file)"
         ) from None
     except (TimeoutError, asyncssh.ConnectionLost) as exc:
-        reason = str(exc) or f"no answer within {timeout:g} s"  # a TimeoutError has no message of its own
+        reason = str(exc) or f"no answer within {round(timeout, 1):g} s"  # a TimeoutError has no message
         raise TransientSSHError(f"{target.name}: SSH to {_who(target)} timed out or dropped ({reason})") from None
     except asyncssh.KeyImportError as exc:
         raise AuthError(f"{target.name}: cannot use identity_file {target.identity_file}: {exc}") from None
