@@ -953,11 +953,7 @@ class BuildReport:
 
 # ---------------------------------------------------------------------------------------------- I/O: state
 
-Progress = Callable[[str, str], None]
-
-
-def _quiet(_label: str, _line: str) -> None:
-    return None
+Progress = fleet.Progress
 
 
 @dataclass(frozen=True)
@@ -968,7 +964,7 @@ class BuildOptions:
     state_dir: Path | None = None
     health_grace: float = HEALTH_GRACE
     # (label, line): buildx's progress lines, labelled with the platform when several builds run at once.
-    progress: Progress = _quiet
+    progress: Progress = fleet.quiet
     # nodefleet's own steps ("arm64-1 unreachable, building linux/arm64 on arm64-2").
     notice: Callable[[str], None] = lambda _message: None
     # Let buildx write to our stdout (an output `-`).

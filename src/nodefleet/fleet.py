@@ -42,11 +42,12 @@ log = logging.getLogger(__name__)
 JSON_VERSION = 1
 T = TypeVar("T")
 
+# (who, what): a host or platform and its latest step, for a spinner or labelled progress lines.
 Progress = Callable[[str, str], None]
 
 
-def _quiet(_host: str, _message: str) -> None:
-    return None
+def quiet(_who: str, _what: str) -> None:
+    """A Progress that shows nothing."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class FleetOptions:
     lock_wait: float = 600.0
     bootstrap_timeout: float = 300.0
     keep_state: bool = False
-    progress: Progress = _quiet
+    progress: Progress = quiet
 
 
 @dataclass
