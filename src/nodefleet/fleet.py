@@ -699,7 +699,7 @@ async def down(inventory: Inventory, options: FleetOptions | None = None) -> Fle
         )
         uncleaned = {name for name, result in results.items() if result.status == "failed"}
         if stored is not None or buildx.instance_file(inventory.builder).exists():
-            await _remove_builder(inventory.builder, stored, uncleaned, state, results, notes)
+            await _remove_builder(inventory.builder, stored, uncleaned, state, results, notes, targets)
         notes.extend(await remove_helper_builders(inventory.builder, state.dir, skip=uncleaned))
         state.forget()
     report = FleetReport("down", inventory.builder, list(results.values()), changed=True, notes=notes)
@@ -714,6 +714,7 @@ async def _remove_builder(
     state: BuilderState,
     results: Mapping[str, HostResult],
     notes: list[str],
+    targets: Mapping[str, SSHTarget] | None = None,
 ) -> None:
     """Remove the builder from buildx's store. `buildx rm` inspects every node's container, even with
     --keep-daemon, and waits on ssh's own 30 s timeout for a dead host; so the nodes whose host could not be
@@ -729,12 +730,33 @@ async def _remove_builder(
     try:
         for name in leaving:
             await buildx.run_local(buildx.leave_argv(builder, name), timeout=60)
-        await buildx.run_local(buildx.rm_argv(builder, keep_state=True, keep_daemon=True), timeout=120)
+        try:
+            await buildx.run_local(buildx.rm_argv(builder, keep_state=True, keep_daemon=True), timeout=120)
+        except CommandError:
+            # A host can go away between its clean-up and `rm`: leave the nodes buildx cannot reach now, try again.
+            gone = await _unreachable_now(stored, set(leaving), targets or {})
+            if not gone or (stored is not None and len(gone) + len(leaving) >= len(stored.nodes)):
+                raise
+            for name in gone:
+                await buildx.run_local(buildx.leave_argv(builder, name), timeout=60)
+            await buildx.run_local(buildx.rm_argv(builder, keep_state=True, keep_daemon=True), timeout=120)
     except CommandError as exc:
         buildx.restore_store(builder, backup)
         notes.append(f"docker buildx rm {shlex.quote(builder)} failed: {exc}")
         for result in results.values():
             result.fail(f"builder not removed: {exc}")
+
+
+async def _unreachable_now(
+    stored: StoredBuilder | None, already_left: set[str], targets: Mapping[str, SSHTarget]
+) -> list[str]:
+    """Nodes still in the builder whose host buildx's OpenSSH path cannot reach at this moment."""
+    names = [node.name for node in stored.nodes if node.name not in already_left] if stored else []
+    checked = [name for name in names if name in targets]
+    problems = await asyncio.gather(
+        *(check_openssh_path(targets[name], timeout=targets[name].connect_timeout + 2) for name in checked)
+    )
+    return [name for name, problem in zip(checked, problems, strict=True) if problem]
 
 
 # ---------------------------------------------------------------------------------------------- build support
