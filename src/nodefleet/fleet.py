@@ -733,6 +733,8 @@ async def _remove_builder(
         try:
             await buildx.run_local(buildx.rm_argv(builder, keep_state=True, keep_daemon=True), timeout=120)
         except CommandError:
+            if not buildx.instance_file(builder).exists():
+                return  # buildx removed the builder and then complained about a node it could not inspect
             # A host can go away between its clean-up and `rm`: leave the nodes buildx cannot reach now, try again.
             gone = await _unreachable_now(stored, set(leaving), targets or {})
             if not gone or (stored is not None and len(gone) + len(leaving) >= len(stored.nodes)):
@@ -820,7 +822,9 @@ async def remove_helper_builders(builder: str, state_dir: Path, *, skip: Collect
         try:
             await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=60)
         except CommandError as exc:
-            notes.append(f"docker buildx rm {shlex.quote(name)} failed: {exc}")
+            # buildx removes the store entry and then may complain about a node it could not inspect.
+            if buildx.instance_file(name).exists():
+                notes.append(f"docker buildx rm {shlex.quote(name)} failed: {exc}")
     build_record_file(state_dir, builder).unlink(missing_ok=True)
     return notes
 
