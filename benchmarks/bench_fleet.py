@@ -48,7 +48,8 @@ def median(samples: list[float]) -> float:
 
 
 def labctl(*args: str) -> None:
-    subprocess.run([sys.executable, str(REPO / "lab" / "labctl.py"), *args], check=True)
+    # labctl reports on stdout; keep it off ours, which is the JSON document.
+    subprocess.run([sys.executable, str(REPO / "lab" / "labctl.py"), *args], check=True, stdout=sys.stderr)
 
 
 def plain_buildx(builder: str, lab: dict, names: list[str]) -> float:
