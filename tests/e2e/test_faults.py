@@ -498,8 +498,9 @@ def test_sshd_killed_during_the_command(fleet: FaultFleet, lab_fault: Any, recor
     fleet.ensure_up()
     running = fleet.start(command, verbose=True)
     hit = running.wait_for(rf"nodefleet\.ssh: {FAULTED}: run ", timeout=60)
+    killed = kill_sshd_sessions(FAULTED)  # at once, by pid: the command is still talking to the host
     with lab_fault(FAULTED, "sshd-stop"):
-        killed = kill_sshd_sessions(FAULTED)
+        killed += kill_sshd_sessions(FAULTED)  # sessions opened before the listener stopped
         run = running.finish(TIMEOUTS[command])
         rec.runs.append(run)
         rec.notes.append(f"fault applied {'when ' + FAULTED + ' ran its first command' if hit else 'late'}; "
