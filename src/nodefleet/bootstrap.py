@@ -145,10 +145,14 @@ def remove_node_container_command(node: str, *, keep_state: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def ensure_image(session: Session, image: str, archive: Path | None, *, timeout: float) -> str:
-    """Make the BuildKit image present on the host: already there, pulled, or loaded from an archive."""
-    present = await session.run(image_present_command(image), timeout=timeout)
-    if present.ok:
+async def ensure_image(
+    session: Session, image: str, archive: Path | None, *, timeout: float, present: bool | None = None
+) -> str:
+    """Make the BuildKit image present on the host: already there, pulled, or loaded from an archive. `present` is
+    what the caller already asked the host, if it did."""
+    if present is None:
+        present = (await session.run(image_present_command(image), timeout=timeout)).ok
+    if present:
         return "present"
     pulled = await session.run(image_pull_command(image), timeout=timeout)
     if pulled.ok:

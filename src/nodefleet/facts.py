@@ -9,8 +9,12 @@ from dataclasses import dataclass
 from nodefleet.platforms import UnknownMachineError, normalize_platform, platform_for_machine
 
 # POSIX sh that also runs under busybox. Each fact is one `key=value` line; docker's own errors are kept
-# (one line each) so the user sees why the engine is unusable.
+# (one line each) so the user sees why the engine is unusable. Every command is a process to start, which is slow
+# on a small board or an emulated userland: one `docker info` answers for the engine, `set --` splits df's output.
 FACTS_SCRIPT = r"""
+set -f
+nl='
+'
 echo "machine=$(uname -m 2>/dev/null)"
 bits=$(getconf LONG_BIT 2>/dev/null)
 if [ -z "$bits" ]; then
@@ -18,19 +22,23 @@ if [ -z "$bits" ]; then
 fi
 echo "userland_bits=$bits"
 if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=${PRETTY_NAME:-$ID}"; else echo "os=$(uname -s)"; fi
+root=/
 if command -v docker >/dev/null 2>&1; then
   echo "docker_cli=yes"
-  out=$(docker version --format '{{.Server.Version}}' 2>&1)
-  if [ $? -eq 0 ]; then echo "server_version=$out"
-  else echo "docker_error=$(printf '%s\n' "$out" | grep . | tail -n 1)"; fi
-  root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)
-  echo "docker_root=$root"
-  [ -d "$root" ] || root=/
-  echo "disk_free_kb=$(df -Pk "$root" 2>/dev/null | awk 'NR==2 {print $4}')"
+  out=$(docker info --format 'server_version={{.ServerVersion}}{{"\n"}}docker_root={{.DockerRootDir}}' 2>&1)
+  if [ $? -eq 0 ]; then
+    echo "$out"
+    root=${out##*docker_root=}
+    root=${root%%$nl*}
+    [ -d "$root" ] || root=/
+  else
+    echo "docker_error=$(printf '%s\n' "$out" | grep . | tail -n 1)"
+  fi
 else
   echo "docker_cli=no"
-  echo "disk_free_kb=$(df -Pk / 2>/dev/null | awk 'NR==2 {print $4}')"
 fi
+set -- $(df -Pk "$root" 2>/dev/null)
+echo "disk_free_kb=${11}"
 """
 
 
@@ -93,23 +101,54 @@ def parse_facts(output: str) -> HostFacts:
     )
 
 
-def node_health_script(container: str) -> str:
-    """Shell script reporting a BuildKit container's state, version and worker platforms (quoted name)."""
+INSPECT_FORMAT = "{{.State.Status}} {{.Id}} {{.State.StartedAt}}"
+
+
+def node_health_script(container: str, known: str | None = None) -> str:
+    """Shell script reporting a BuildKit container's state and instance, and BuildKit's version and worker platforms.
+
+    Both questions go to the running daemon through buildctl: `buildkitd --version` would start a second daemon
+    binary, which takes over a second where BuildKit is emulated (BuildKit before v0.11, without `buildctl debug
+    info`, falls back to it). `known` is the instance ("<id> <started at>") whose answers the caller already has: a
+    container that is still that instance runs the same image, so BuildKit is not asked again (no `docker exec`)."""
     quoted = shlex.quote(container)
+    skip = f' && [ "$2 $3" != {shlex.quote(known)} ]' if known else ""
     return (
-        f"echo \"state=$(docker inspect -f '{{{{.State.Status}}}}' {quoted} 2>/dev/null || echo missing)\"\n"
-        f'echo "buildkit=$(docker exec {quoted} buildkitd --version 2>/dev/null)"\n'
-        f"echo \"workers=$(docker exec {quoted} buildctl debug workers --format '{{{{json .}}}}' 2>/dev/null)\"\n"
+        "set -f\n"
+        f"set -- $(docker inspect -f '{INSPECT_FORMAT}' {quoted} 2>/dev/null)\n"
+        'echo "state=${1:-missing}"\n'
+        'echo "instance=$2 $3"\n'
+        f'if [ "$1" = running ]{skip}; then\n'
+        f"  info=$(docker exec {quoted} buildctl debug info 2>/dev/null) ||\n"
+        f"    info=$(docker exec {quoted} buildkitd --version 2>/dev/null)\n"
+        "  nl='\n'\n"
+        '  echo "buildkit=${info%%$nl*}"\n'
+        f"  echo \"workers=$(docker exec {quoted} buildctl debug workers --format '{{{{json .}}}}' 2>/dev/null)\"\n"
+        "fi\n"
     )
+
+
+def image_present_script(image: str) -> str:
+    """One `image=present|absent` line: is the BuildKit image on the host."""
+    quoted = shlex.quote(image)
+    return f"if docker image inspect {quoted} >/dev/null 2>&1; then echo image=present; else echo image=absent; fi\n"
+
+
+def probe_script(container: str, *, image: str | None = None, known: str | None = None) -> str:
+    """FACTS_SCRIPT, the image check and node_health_script in one round trip: their keys do not overlap."""
+    return FACTS_SCRIPT + (image_present_script(image) if image else "") + node_health_script(container, known)
 
 
 @dataclass(frozen=True)
 class NodeHealth:
-    """What a node's BuildKit container says about itself."""
+    """What a node's BuildKit container says about itself. `instance` is "<container id> <started at>"; `asked` is
+    False when BuildKit was not asked (a known instance), so version and workers are the caller's to fill in."""
 
     state: str
     buildkit_version: str | None
     worker_platforms: tuple[str, ...]
+    instance: str | None = None
+    asked: bool = True
 
     @property
     def native_platform(self) -> str | None:
@@ -144,4 +183,19 @@ def parse_node_health(output: str) -> NodeHealth:
             except ValueError:
                 continue
         break  # the first worker is the one buildx uses
-    return NodeHealth(values.get("state") or "missing", version, tuple(platforms))
+    instance = values.get("instance") or None
+    return NodeHealth(
+        values.get("state") or "missing",
+        version,
+        tuple(platforms),
+        instance=instance if instance and " " in instance else None,
+        asked="workers" in values or "buildkit" in values,
+    )
+
+
+def parse_image_present(output: str) -> bool | None:
+    """image_present_script's answer: True, False, or None when it printed nothing."""
+    for line in output.splitlines():
+        if line.startswith("image="):
+            return line.strip() == "image=present"
+    return None

@@ -24,18 +24,19 @@ from nodefleet.bootstrap import (
 from nodefleet.buildx import NodeSpec, StoredBuilder
 from nodefleet.errors import CommandError, NodefleetError, UsageError
 from nodefleet.facts import (
-    FACTS_SCRIPT,
     HostFacts,
     NodeHealth,
     node_health_script,
     parse_facts,
+    parse_image_present,
     parse_node_health,
+    probe_script,
 )
 from nodefleet.inventory import Host, Inventory
 from nodefleet.plan import Action, NodeChange, assign_pins, plan_builder
 from nodefleet.platforms import same_architecture
 from nodefleet.ssh import HostKeyPolicy, Session, SSHTarget, open_session
-from nodefleet.state import BuilderState, default_state_dir, private_dir, write_private
+from nodefleet.state import BuilderState, WorkerCache, default_state_dir, private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ class _HostWork:
     session: Session | None = None
     facts: HostFacts | None = None
     health: NodeHealth | None = None
+    image_present: bool | None = None
     openssh_ok: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -262,43 +264,83 @@ async def _connect(work: _HostWork, options: FleetOptions, *, attempts: int, bud
     await _guard(work, "ssh", go)
 
 
-async def _gather_facts(work: _HostWork, inventory: Inventory) -> None:
+async def _probe(work: _HostWork, inventory: Inventory, cache: WorkerCache, *, image: str | None = None) -> None:
+    """The host's facts and its node's health (with `image`, whether that image is there) in one round trip."""
+
     async def go() -> None:
         session = work.need_session()
-        output = await session.run(FACTS_SCRIPT, timeout=inventory.defaults.command_timeout, check=True)
-        facts = parse_facts(output.stdout)
-        work.facts = facts
-        work.result.os = facts.os
-        work.result.engine = facts.engine_version
-        work.result.disk_free_bytes = facts.disk_free_bytes
-        work.result.platform = work.host.platforms[0] if work.host.platforms else facts.platform
-        if work.result.platform is None:
-            raise NodefleetError(f"unknown CPU architecture {facts.machine!r}; set platforms for this host")
-        problem = facts.engine_problem()
-        if problem:
-            raise NodefleetError(problem)
+        key = _cache_key(work)
+        cached = cache.get(key)
+        script = probe_script(buildx.container_name(work.host.name), image=image, known=cached[0] if cached else None)
+        output = await session.run(script, timeout=inventory.defaults.command_timeout, check=True)
+        work.health = _with_cache(parse_node_health(output.stdout), cache, key)
+        work.image_present = parse_image_present(output.stdout) if image else None
+        _take_facts(work, parse_facts(output.stdout))
 
     await _guard(work, "facts", go)
 
 
-async def _check_openssh(work: _HostWork, inventory: Inventory) -> None:
-    async def go() -> None:
-        problem = await check_openssh_path(work.target, timeout=inventory.defaults.connect_timeout + 10)
+def _take_facts(work: _HostWork, facts: HostFacts) -> None:
+    work.facts = facts
+    work.result.os = facts.os
+    work.result.engine = facts.engine_version
+    work.result.disk_free_bytes = facts.disk_free_bytes
+    work.result.platform = work.host.platforms[0] if work.host.platforms else facts.platform
+    if work.result.platform is None:
+        raise NodefleetError(f"unknown CPU architecture {facts.machine!r}; set platforms for this host")
+    problem = facts.engine_problem()
+    if problem:
+        raise NodefleetError(problem)
+
+
+def _cache_key(work: _HostWork) -> str:
+    return f"{work.target.address}:{work.target.port or ''} {buildx.container_name(work.host.name)}"
+
+
+def _with_cache(health: NodeHealth, cache: WorkerCache, key: str) -> NodeHealth:
+    """Record what a running BuildKit said; fill in what it was not asked (a known instance) from the cache."""
+    if health.state != "running" or health.instance is None:
+        return health
+    if health.asked:
+        if health.worker_platforms:
+            cache.put(key, health.instance, health.buildkit_version, health.worker_platforms)
+        return health
+    cached = cache.get(key)
+    if cached is not None and cached[0] == health.instance:
+        return replace(health, buildkit_version=cached[1], worker_platforms=cached[2])
+    return health
+
+
+def _start_openssh(work: _HostWork, inventory: Inventory) -> asyncio.Future[str | None]:
+    """buildx's OpenSSH path is checked by a local process, which runs beside nodefleet's own session."""
+    timeout = inventory.defaults.connect_timeout + 10
+    return asyncio.ensure_future(check_openssh_path(work.target, timeout=timeout))
+
+
+async def _take_openssh(work: _HostWork, check: asyncio.Future[str | None]) -> None:
+    async def verdict() -> None:
+        problem = await check
         if problem:
             raise NodefleetError(problem)
         work.openssh_ok = True
 
-    await _guard(work, "openssh", go)
+    await _guard(work, "openssh", verdict)
 
 
-async def _check_health(work: _HostWork, inventory: Inventory) -> None:
+async def _stop(check: asyncio.Future[Any]) -> None:
+    if not check.done():
+        check.cancel()
+    await asyncio.gather(check, return_exceptions=True)
+
+
+async def _check_health(work: _HostWork, inventory: Inventory, cache: WorkerCache) -> None:
     async def go() -> None:
         session = work.need_session()
-        output = await session.run(
-            node_health_script(buildx.container_name(work.host.name)),
-            timeout=inventory.defaults.command_timeout,
-        )
-        work.health = parse_node_health(output.stdout)
+        key = _cache_key(work)
+        cached = cache.get(key)
+        script = node_health_script(buildx.container_name(work.host.name), cached[0] if cached else None)
+        output = await session.run(script, timeout=inventory.defaults.command_timeout)
+        work.health = _with_cache(parse_node_health(output.stdout), cache, key)
 
     await _guard(work, "health", go)
 
@@ -360,8 +402,9 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
     digest = config_digest(config)
     works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
     limit = _parallel(inventory, options)
+    cache = WorkerCache(state.dir)
     try:
-        await _bounded(limit, [partial(_prepare_host, w, inventory, options) for w in works])
+        await _bounded(limit, [partial(_prepare_host, w, inventory, options, cache) for w in works])
         stored = _read_store_or_repair(inventory.builder, state, notes)
         if stored is not None and stored.driver and stored.driver != buildx.DRIVER:
             raise UsageError(
@@ -372,8 +415,9 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
         changed = await _apply(inventory, options, state, works, stored, changes, specs, notes)
         removed = await _remove_hosts(inventory, options, stored, changes)
         await _bounded(limit, [partial(_recreate_if_needed, w, changes, inventory) for w in works])
-        await _bootstrap_and_check(inventory, options, works, changed, notes)
+        await _bootstrap_and_check(inventory, options, works, changed, notes, cache)
     finally:
+        cache.save()
         await _close_all(works)
     for work in works:
         work.finish()
@@ -381,9 +425,16 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
     return FleetReport("up", inventory.builder, results, changed=changed or bool(removed), notes=notes)
 
 
-async def _prepare_host(work: _HostWork, inventory: Inventory, options: FleetOptions) -> None:
+async def _prepare_host(work: _HostWork, inventory: Inventory, options: FleetOptions, cache: WorkerCache) -> None:
     await _connect(work, options, attempts=3, budget=None)
-    await _gather_facts(work, inventory)
+    # buildx's own path is checked beside the facts: whether buildx can load this node decides whether the builder
+    # may change.
+    openssh = _start_openssh(work, inventory)
+    try:
+        await _probe(work, inventory, cache, image=work.host.buildkit_image)
+        await _take_openssh(work, openssh)
+    finally:
+        await _stop(openssh)
 
     async def image() -> None:
         session = work.need_session()
@@ -393,10 +444,9 @@ async def _prepare_host(work: _HostWork, inventory: Inventory, options: FleetOpt
             work.host.buildkit_image,
             inventory.defaults.buildkit_image_archive,
             timeout=inventory.defaults.command_timeout,
+            present=work.image_present,
         )
 
-    # buildx's own path first: whether buildx can load this node decides whether the builder may change.
-    await _check_openssh(work, inventory)
     await _guard(work, "image", image)
     work.finish()
 
@@ -568,6 +618,7 @@ async def _recreate_if_needed(work: _HostWork, changes: Sequence[NodeChange], in
 
     async def go() -> None:
         session = work.need_session()
+        work.health = None  # a new container: ask its BuildKit after the bootstrap
         await remove_node_container(
             session, work.host.name, keep_state=True, timeout=inventory.defaults.command_timeout
         )
@@ -576,11 +627,17 @@ async def _recreate_if_needed(work: _HostWork, changes: Sequence[NodeChange], in
 
 
 async def _bootstrap_and_check(
-    inventory: Inventory, options: FleetOptions, works: Sequence[_HostWork], changed: bool, notes: list[str]
+    inventory: Inventory,
+    options: FleetOptions,
+    works: Sequence[_HostWork],
+    changed: bool,
+    notes: list[str],
+    cache: WorkerCache,
 ) -> None:
     limit = _parallel(inventory, options)
     ready = [work for work in works if work.ready]
-    await _bounded(limit, [partial(_check_health, w, inventory) for w in ready])
+    # The probe's health stands for a container nothing touched since.
+    await _bounded(limit, [partial(_check_health, w, inventory, cache) for w in ready if w.health is None])
     needs_boot = changed or any(w.health is None or w.health.state != "running" for w in ready)
     if needs_boot and ready:
         for work in ready:
@@ -592,7 +649,7 @@ async def _bootstrap_and_check(
         except CommandError as exc:
             # Per-node health below says which nodes did not start; keep buildx's words as a note.
             notes.append(f"buildx inspect --bootstrap: {exc}")
-        await _bounded(limit, [partial(_check_health, w, inventory) for w in ready])
+        await _bounded(limit, [partial(_check_health, w, inventory, cache) for w in ready])
     for work in works:
         _judge_health(work)
 
@@ -616,12 +673,14 @@ async def status(inventory: Inventory, options: FleetOptions | None = None) -> F
         if stored is None:
             notes.append(f"builder {inventory.builder} does not exist; run `nodefleet up`")
     works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
+    cache = WorkerCache(options.state_dir or default_state_dir())
     try:
         await _bounded(
             _parallel(inventory, options),
-            [partial(_status_host, w, inventory, options, stored, missing) for w in works],
+            [partial(_status_host, w, inventory, options, stored, missing, cache) for w in works],
         )
     finally:
+        cache.save()
         await _close_all(works)
     extra = []
     wanted = {host.name for host in inventory.enabled_hosts}
@@ -645,24 +704,34 @@ async def status(inventory: Inventory, options: FleetOptions | None = None) -> F
 
 
 async def _status_host(
-    work: _HostWork, inventory: Inventory, options: FleetOptions, stored: StoredBuilder | None, missing: str
+    work: _HostWork,
+    inventory: Inventory,
+    options: FleetOptions,
+    stored: StoredBuilder | None,
+    missing: str,
+    cache: WorkerCache,
 ) -> None:
-    await _connect(
-        work,
-        replace(options, host_key_policy=HostKeyPolicy.STRICT),
-        attempts=1,
-        budget=inventory.defaults.connect_timeout,
-    )
+    # buildx's OpenSSH path runs while nodefleet's own session logs in and asks for facts and health in one round
+    # trip; it is dropped when the host cannot be reached at all.
+    openssh = _start_openssh(work, inventory)
     node = stored.node(work.host.name) if stored else None
-    if node is not None:
-        work.result.pinned = node.platforms
-        work.result.role = "primary" if node.platforms else "standby"
-    await _gather_facts(work, inventory)
-    await _check_openssh(work, inventory)
+    try:
+        await _connect(
+            work,
+            replace(options, host_key_policy=HostKeyPolicy.STRICT),
+            attempts=1,
+            budget=inventory.defaults.connect_timeout,
+        )
+        if node is not None:
+            work.result.pinned = node.platforms
+            work.result.role = "primary" if node.platforms else "standby"
+        await _probe(work, inventory, cache)
+        if work.result.status != "failed":
+            await _take_openssh(work, openssh)
+    finally:
+        await _stop(openssh)
     if node is None and work.result.status != "failed":
         work.result.fail(missing)
-    if work.ready:
-        await _check_health(work, inventory)
     _judge_health(work)
 
 

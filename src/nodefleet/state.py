@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from nodefleet.errors import LockError
 
@@ -104,3 +105,60 @@ class BuilderState:
     def forget(self) -> None:
         """Remove the record of the builder (after `down`)."""
         self.record_file.unlink(missing_ok=True)
+
+
+class WorkerCache:
+    """What each node's BuildKit said about itself (version, worker platforms), with the container instance it was
+    said by ("<container id> <started at>"), in workers.json under the state dir.
+
+    A container that is still the same instance runs the same image, so its answers stand: status and up send the
+    instance to the host and skip the `docker exec`s (slow where BuildKit is emulated) when it has not changed. It is
+    a cache: losing it costs one ask, and two runs saving at once can lose an entry, nothing more."""
+
+    LIMIT = 1024
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "workers.json"
+        self._entries: dict[str, dict[str, Any]] | None = None
+        self._dirty = False
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                data = {}
+            nodes = data.get("nodes") if isinstance(data, dict) else None
+            entries = nodes.items() if isinstance(nodes, dict) else ()
+            self._entries = {str(k): v for k, v in entries if isinstance(v, dict) and v.get("instance")}
+        return self._entries
+
+    def get(self, key: str) -> tuple[str, str | None, tuple[str, ...]] | None:
+        """(instance, BuildKit version, worker platforms) last recorded under `key`, or None."""
+        entry = self._load().get(key)
+        if entry is None:
+            return None
+        workers = entry.get("workers")
+        if not isinstance(workers, list) or not workers:
+            return None
+        version = entry.get("buildkit")
+        return str(entry["instance"]), str(version) if version else None, tuple(str(p) for p in workers)
+
+    def put(self, key: str, instance: str, version: str | None, workers: tuple[str, ...]) -> None:
+        """Record what the BuildKit of this container instance said."""
+        entries = self._load()
+        entry = {"instance": instance, "buildkit": version, "workers": list(workers), "at": time.time()}
+        if entries.get(key) != entry:
+            entries[key] = entry
+            self._dirty = True
+
+    def save(self) -> None:
+        """Write the cache if it changed (newest LIMIT entries); a failure to write is not an error."""
+        if not self._dirty or self._entries is None:
+            return
+        newest = sorted(self._entries.items(), key=lambda item: float(item[1].get("at") or 0), reverse=True)
+        payload = {"version": STATE_VERSION, "nodes": dict(newest[: self.LIMIT])}
+        with contextlib.suppress(OSError):
+            private_dir(self.path.parent)
+            write_private(self.path, json.dumps(payload, indent=1, sort_keys=True).encode())
+        self._dirty = False

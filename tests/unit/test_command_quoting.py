@@ -38,7 +38,7 @@ from nodefleet.bootstrap import (
 )
 from nodefleet.build import imagetools_create_argv, imagetools_inspect_argv, parse_request, platform_argv
 from nodefleet.errors import InventoryError
-from nodefleet.facts import node_health_script
+from nodefleet.facts import INSPECT_FORMAT, image_present_script, node_health_script
 from nodefleet.fleet import helper_builder_name, node_check_script, node_spec, ssh_target, target_from_endpoint
 from nodefleet.inventory import Inventory, parse_inventory
 from nodefleet.plan import assign_pins
@@ -193,7 +193,7 @@ def remote_commands(inventory: Inventory) -> list[tuple[str, str, tuple[str, ...
         container = buildx.container_name(host.name)
         health = node_health_script(container)
         checks += [
-            (health, container, ("docker", "inspect", "-f", "{{.State.Status}}")),
+            (health, container, ("docker", "inspect", "-f", INSPECT_FORMAT)),
             (health, container, ("docker", "exec")),
             (node_check_script(host.name), container, ("docker", "inspect", "-f", "{{.Id}} {{.State.Status}}")),
             (image_present_command(host.buildkit_image), host.buildkit_image, ("docker", "image", "inspect")),
@@ -313,11 +313,13 @@ ANY_TEXT = st.text(
 )
 NASTY = st.sampled_from(["a;b", "$(touch /tmp/pwned)", "`id`", "a b", "'", '"', "\\", "-rf", "x\ny", "*", "$HOME", "é"])
 
+STUB_INSTANCE = "a" * 64 + " 2026-01-01T00:00:00Z"  # what the stub's `docker inspect` says
 STUB_DOCKER = """#!/bin/sh
 printf '%s\\0' "$#" "$@" >> "$ARGV_LOG"
 [ "$1 $2" = "container inspect" ] && exit 1
+[ "$1 $2" = "inspect -f" ] && echo "running STUB_INSTANCE"
 exit 0
-"""
+""".replace("STUB_INSTANCE", STUB_INSTANCE)
 
 
 @pytest.fixture(scope="module")
@@ -359,10 +361,12 @@ def test_remote_commands_under_a_real_shell_pass_any_value_as_one_argument(
     volume = buildx.state_volume_name(node)
     expected = {
         node_health_script(container): [
-            ["inspect", "-f", "{{.State.Status}}", container],
-            ["exec", container, "buildkitd", "--version"],
+            ["inspect", "-f", INSPECT_FORMAT, container],
+            ["exec", container, "buildctl", "debug", "info"],
             ["exec", container, "buildctl", "debug", "workers", "--format", "{{json .}}"],
         ],
+        node_health_script(container, known=STUB_INSTANCE): [["inspect", "-f", INSPECT_FORMAT, container]],
+        image_present_script(image): [["image", "inspect", image]],
         node_check_script(node): [["inspect", "-f", "{{.Id}} {{.State.Status}}", container]],
         image_present_command(image): [["image", "inspect", image]],
         image_pull_command(image): [["pull", "-q", image]],

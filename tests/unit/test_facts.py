@@ -7,7 +7,14 @@ import subprocess
 
 import pytest
 
-from nodefleet.facts import FACTS_SCRIPT, node_health_script, parse_facts, parse_node_health
+from nodefleet.facts import (
+    FACTS_SCRIPT,
+    node_health_script,
+    parse_facts,
+    parse_image_present,
+    parse_node_health,
+    probe_script,
+)
 
 
 def test_parse_facts_healthy_host() -> None:
@@ -69,3 +76,31 @@ def test_node_health_missing_container() -> None:
 
 def test_node_health_script_quotes_the_name() -> None:
     assert "'buildx_buildkit_a;b'" in node_health_script("buildx_buildkit_a;b")
+
+
+INSTANCE = "c0ffee" * 10 + "abcd 2026-11-28T10:17:02.027105808Z"
+
+
+def test_node_health_keeps_the_instance_and_whether_buildkit_was_asked() -> None:
+    asked = parse_node_health(f"state=running\ninstance={INSTANCE}\nbuildkit=BuildKit: x v0.13.2 y\nworkers=[]\n")
+    assert asked.instance == INSTANCE and asked.asked and asked.buildkit_version == "v0.13.2"
+    known = parse_node_health(f"state=running\ninstance={INSTANCE}\n")
+    assert known.instance == INSTANCE and not known.asked
+    assert parse_node_health("state=missing\ninstance= \n").instance is None
+
+
+def test_image_present() -> None:
+    assert parse_image_present("machine=x\nimage=present\n") is True
+    assert parse_image_present("image=absent\n") is False
+    assert parse_image_present("machine=x\n") is None
+
+
+def test_probe_script_runs_under_sh_here_without_an_engine() -> None:
+    """Facts, image and health in one script; with no engine the health part says the container is missing."""
+    script = probe_script("buildx_buildkit_x", image="moby/buildkit:v0.13.2", known=INSTANCE)
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    facts = parse_facts(out)
+    assert facts.platform is not None and facts.disk_free_bytes is not None
+    assert parse_image_present(out) is False
+    assert parse_node_health(out).state == "missing"
