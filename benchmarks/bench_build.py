@@ -17,7 +17,6 @@ import argparse
 import fcntl
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "lab"))
 from tests.e2e.fleetlib import lab_data, write_inventory  # noqa: E402
 
+from benchlib import compile_nodefleet, labctl, median  # noqa: E402
 from labkit.core import LOCK_FILE  # noqa: E402
 
 NODEFLEET = [sys.executable, "-m", "nodefleet"]
@@ -61,15 +61,6 @@ def run(argv: list[str], env: dict[str, str] | None = None, *, check: bool = Fal
     if check and completed.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({completed.returncode}):\n{completed.stdout}{completed.stderr}")
     return seconds, completed
-
-
-def median(samples: list[float]) -> float:
-    return round(statistics.median(samples), 3)
-
-
-def labctl(*args: str) -> None:
-    # labctl reports on stdout; this script's stdout is the JSON document only
-    subprocess.run([sys.executable, str(REPO / "lab" / "labctl.py"), *args], check=True, stdout=sys.stderr)
 
 
 class Bench:
@@ -174,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    compile_nodefleet()
     labctl("up", "--hosts", "amd64,arm64:2,arm/v7")
     with LOCK_FILE.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH)  # as the e2e fixture: no other session takes the lab down meanwhile

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.e2e.fleetlib import lab_data, write_inventory  # noqa: E402
+
+from benchlib import compile_nodefleet, labctl, median  # noqa: E402
 
 LAB_DIR = Path(os.environ.get("NODEFLEET_LAB_DIR", "/var/lib/nodefleet-lab"))
 NODEFLEET = [sys.executable, "-m", "nodefleet"]
@@ -41,15 +42,6 @@ def timed(argv: list[str], *, check: bool = False) -> float:
     if check and completed.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({completed.returncode}): {completed.stdout}{completed.stderr}")
     return seconds
-
-
-def median(samples: list[float]) -> float:
-    return round(statistics.median(samples), 3)
-
-
-def labctl(*args: str) -> None:
-    # labctl reports on stdout; keep it off ours, which is the JSON document.
-    subprocess.run([sys.executable, str(REPO / "lab" / "labctl.py"), *args], check=True, stdout=sys.stderr)
 
 
 def plain_buildx(builder: str, lab: dict, names: list[str]) -> float:
@@ -79,6 +71,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
+    compile_nodefleet()
     labctl("up", "--hosts", args.hosts)
     lab = dict(lab_data(None))
     names = [host["name"] for host in lab["hosts"]]

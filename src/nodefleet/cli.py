@@ -49,10 +49,26 @@ def _load(path: str) -> Inventory:
     return load_inventory(Path(path))
 
 
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+def _run(coroutine: Coroutine[Any, Any, T], *, tables: bool = False) -> T:
+    """Run the library's coroutine. With `tables`, rich (for the tables at the end) is imported in a thread while
+    the hosts answer, so that its import is off the critical path."""
     import asyncio
 
-    return asyncio.run(coroutine)
+    async def main() -> T:
+        loader = asyncio.get_running_loop().run_in_executor(None, _import_rich) if tables else None
+        try:
+            return await coroutine
+        finally:
+            if loader is not None:
+                await loader
+
+    return asyncio.run(main())
+
+
+def _import_rich() -> None:
+    import rich.console
+    import rich.markup
+    import rich.table  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -160,7 +176,8 @@ def up(inventory_path: str, as_json: bool, parallel: int | None, accept_new_host
     policy = HostKeyPolicy.ACCEPT_NEW if accept_new_host_keys else HostKeyPolicy.STRICT
     with _progress(not as_json) as progress:
         report = _run(
-            fleet.up(inventory, fleet.FleetOptions(parallel=parallel, host_key_policy=policy, progress=progress))
+            fleet.up(inventory, fleet.FleetOptions(parallel=parallel, host_key_policy=policy, progress=progress)),
+            tables=not as_json,
         )
     _render(report, as_json)
     raise SystemExit(report.exit_code)
@@ -175,7 +192,7 @@ def status(inventory_path: str, as_json: bool, parallel: int | None) -> None:
     from nodefleet import fleet
 
     inventory = _load(inventory_path)
-    report = _run(fleet.status(inventory, fleet.FleetOptions(parallel=parallel)))
+    report = _run(fleet.status(inventory, fleet.FleetOptions(parallel=parallel)), tables=not as_json)
     _render(report, as_json)
     raise SystemExit(report.exit_code)
 
@@ -190,7 +207,8 @@ def down(inventory_path: str, as_json: bool, parallel: int | None, keep_state: b
     from nodefleet import fleet
 
     inventory = _load(inventory_path)
-    report = _run(fleet.down(inventory, fleet.FleetOptions(parallel=parallel, keep_state=keep_state)))
+    options = fleet.FleetOptions(parallel=parallel, keep_state=keep_state)
+    report = _run(fleet.down(inventory, options), tables=not as_json)
     _render(report, as_json)
     raise SystemExit(report.exit_code)
 
@@ -312,7 +330,7 @@ def build_command(
         notice=lambda message: _write_err(f"nodefleet: {message}"),
         inherit_stdout=to_stdout,
     )
-    report = _run(build(inventory, request, options))
+    report = _run(build(inventory, request, options), tables=not as_json)
     _render_build(report, as_json, err=to_stdout)
     raise SystemExit(report.exit_code)
 

@@ -68,7 +68,7 @@ class Defaults:
     known_hosts: Path | None = None
     connect_timeout: float = 5.0
     command_timeout: float = 120.0
-    parallel: int = 16
+    parallel: int = 32
     buildkit_image: str = DEFAULT_BUILDKIT_IMAGE
     buildkit_image_archive: Path | None = None
     driver_opts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
