@@ -282,8 +282,8 @@ class BuildRequest:
 
 
 _INTERCEPTED = {"tag", "output", "push", "load", "metadata-file", "iidfile", "progress", "builder", "platform"}
-_REF_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_REGISTRY_HOST = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
+_REF_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_REGISTRY_HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]+)?")
 
 
 def parse_request(
@@ -378,8 +378,9 @@ def _platforms(text: str) -> tuple[str, ...]:
 def _check_repository(reference: str, option: str) -> None:
     host, sep, path = reference.partition("/")
     components = path.split("/") if sep else [host]
-    registry_ok = not sep or _REGISTRY_HOST.match(host) or _REF_COMPONENT.match(host)
-    if not registry_ok or not all(_REF_COMPONENT.match(part) for part in components):
+    # fullmatch: `$` would let a trailing newline through into buildx's arguments
+    registry_ok = not sep or _REGISTRY_HOST.fullmatch(host) or _REF_COMPONENT.fullmatch(host)
+    if not registry_ok or not all(_REF_COMPONENT.fullmatch(part) for part in components):
         raise UsageError(
             f"{option} {reference!r} must be a repository without tag, like registry.example.com/app/cache "
             "(nodefleet adds one tag per platform)"

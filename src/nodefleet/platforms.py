@@ -76,7 +76,7 @@ def normalize_platform(value: str) -> str:
     if "/" not in text:
         text = "linux/" + text
     text = _ALIASES.get(text, text)
-    if not _PLATFORM_RE.match(text):
+    if not _PLATFORM_RE.fullmatch(text):
         raise ValueError(f"{value!r} is not a platform like linux/arm64 or linux/arm/v7")
     return text
 

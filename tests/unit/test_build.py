@@ -131,8 +131,9 @@ def test_request_usage_errors(args: list[str], message: str) -> None:
 
 def test_cache_ref_is_a_repository_and_excludes_cache_to() -> None:
     assert parse_request(["."], cache_ref="10.231.0.1:5443/lab/cache").cache_ref == "10.231.0.1:5443/lab/cache"
-    with pytest.raises(UsageError, match="without tag"):
-        parse_request(["."], cache_ref="reg/cache:v1")
+    for bad in ("reg/cache:v1", "reg/cache\n", "reg\n/cache", "Reg/Cache"):
+        with pytest.raises(UsageError, match="without tag"):
+            parse_request(["."], cache_ref=bad)
     with pytest.raises(UsageError, match="drop --cache-to"):
         parse_request(["--cache-to", "type=inline", "."], cache_ref="reg/cache")
     # importing more caches is fine
