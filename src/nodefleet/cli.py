@@ -255,7 +255,7 @@ class _BuildCommand(click.Command):
     """Parses nodefleet's own options; every other argument goes to `docker buildx build` untouched, in order."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        from nodefleet.build import split_command_line
+        from nodefleet.buildargs import split_command_line
 
         own, rest = split_command_line(args)
         super().parse_args(ctx, own)
@@ -317,7 +317,8 @@ def build_command(
     """
     from dataclasses import replace
 
-    from nodefleet.build import BuildOptions, build, parse_request
+    from nodefleet.build import BuildOptions, build
+    from nodefleet.buildargs import parse_request
 
     inventory = _load(inventory_path)
     request = parse_request(ctx.args, platforms=platforms, cache_ref=cache_ref, allow_emulation=allow_emulation)

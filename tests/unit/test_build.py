@@ -11,29 +11,31 @@ import pytest
 
 from nodefleet.build import (
     BuildRecord,
-    BuildRequest,
     Choice,
     FailureKind,
     Health,
     NodeView,
-    Output,
     StepCounter,
-    check_outputs,
     classify_failure,
     emulation_order,
     error_text,
-    format_output,
     hosts_to_check,
-    imagetools_create_argv,
     index_digests,
     merge_metadata,
+    retry_node,
+    select_nodes,
+)
+from nodefleet.buildargs import (
+    BuildRequest,
+    Output,
+    check_outputs,
+    format_output,
+    imagetools_create_argv,
     parse_output,
     parse_request,
     platform_argv,
     progress_mode,
     repository,
-    retry_node,
-    select_nodes,
     split_command_line,
 )
 from nodefleet.errors import UsageError

@@ -36,7 +36,7 @@ from nodefleet.bootstrap import (
     remove_node_container_command,
     render_buildkitd_config,
 )
-from nodefleet.build import imagetools_create_argv, imagetools_inspect_argv, parse_request, platform_argv
+from nodefleet.buildargs import imagetools_create_argv, imagetools_inspect_argv, parse_request, platform_argv
 from nodefleet.errors import InventoryError
 from nodefleet.facts import INSPECT_FORMAT, image_present_script, node_health_script
 from nodefleet.fleet import helper_builder_name, node_check_script, node_spec, ssh_target, target_from_endpoint
