@@ -11,19 +11,12 @@ import pytest
 
 from nodefleet.build import (
     BuildRecord,
-    Choice,
     FailureKind,
-    Health,
-    NodeView,
     StepCounter,
     classify_failure,
-    emulation_order,
     error_text,
-    hosts_to_check,
     index_digests,
     merge_metadata,
-    retry_node,
-    select_nodes,
 )
 from nodefleet.buildargs import (
     BuildRequest,
@@ -40,6 +33,7 @@ from nodefleet.buildargs import (
 )
 from nodefleet.errors import UsageError
 from nodefleet.fleet import parse_node_check
+from nodefleet.routing import Choice, Health, NodeView, emulation_order, hosts_to_check, retry_node, select_nodes
 
 AMD = "linux/amd64"
 ARM = "linux/arm64"
