@@ -25,14 +25,18 @@ if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=${PRETTY_NAME:-$ID}"
 root=/
 if command -v docker >/dev/null 2>&1; then
   echo "docker_cli=yes"
+  # Before Docker 27, `docker info --format` exits 0 when the engine does not answer: an empty version is the sign.
   out=$(docker info --format 'server_version={{.ServerVersion}}{{"\n"}}docker_root={{.DockerRootDir}}' 2>&1)
-  if [ $? -eq 0 ]; then
-    echo "$out"
+  version=
+  case "$out" in *server_version=*) version=${out#*server_version=}; version=${version%%$nl*};; esac
+  if [ -n "$version" ]; then
+    echo "server_version=$version"
     root=${out##*docker_root=}
     root=${root%%$nl*}
+    echo "docker_root=$root"
     [ -d "$root" ] || root=/
   else
-    echo "docker_error=$(printf '%s\n' "$out" | grep . | tail -n 1)"
+    echo "docker_error=$(printf '%s\n' "$out" | grep -v -e '^server_version=' -e '^docker_root=' | grep . | tail -n 1)"
   fi
 else
   echo "docker_cli=no"

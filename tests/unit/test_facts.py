@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,26 @@ def test_probe_script_runs_under_sh_here_without_an_engine() -> None:
     assert facts.platform is not None and facts.disk_free_bytes is not None
     assert parse_image_present(out) is False
     assert parse_node_health(out).state == "missing"
+
+
+@pytest.mark.parametrize(
+    ("stub", "expected"),
+    [
+        # Docker before 27: `docker info --format` exits 0 with an empty version when the engine does not answer.
+        ("echo server_version=; echo docker_root=; echo 'Cannot connect to the Docker daemon at unix:///x' >&2", None),
+        ("echo 'permission denied while trying to connect to the Docker daemon socket' >&2; exit 1", None),
+        ("echo server_version=27.3.1; echo docker_root=/nonexistent", "27.3.1"),
+    ],
+)
+def test_facts_script_reads_the_engine_from_docker_info(tmp_path: Path, stub: str, expected: str | None) -> None:
+    docker = tmp_path / "docker"
+    docker.write_text(f"#!/bin/sh\n{stub}\n")
+    docker.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", FACTS_SCRIPT], capture_output=True, text=True, check=True, env=env).stdout
+    facts = parse_facts(out)
+    assert facts.engine_version == expected
+    if expected is None:
+        assert facts.engine_error and "server_version" not in facts.engine_error
+        assert facts.engine_problem() is not None
+    assert facts.disk_free_bytes is not None  # df falls back to / when the engine's root is unknown
