@@ -9,15 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nodefleet.build import (
-    BuildRecord,
-    FailureKind,
-    StepCounter,
-    classify_failure,
-    error_text,
-    index_digests,
-    merge_metadata,
-)
+from nodefleet.build import BuildRecord
 from nodefleet.buildargs import (
     BuildRequest,
     Output,
@@ -31,6 +23,7 @@ from nodefleet.buildargs import (
     repository,
     split_command_line,
 )
+from nodefleet.buildoutput import FailureKind, StepCounter, classify_failure, error_text, index_digests, merge_metadata
 from nodefleet.errors import UsageError
 from nodefleet.fleet import parse_node_check
 from nodefleet.routing import Choice, Health, NodeView, emulation_order, hosts_to_check, retry_node, select_nodes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodefleet.build import FailureKind, classify_failure
+from nodefleet.buildoutput import FailureKind, classify_failure
 from nodefleet.routing import Health, NodeView, select_nodes
 
 
