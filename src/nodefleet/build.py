@@ -5,9 +5,9 @@ BuildKit container and cache), pinned to that platform so buildx's strict first 
 emulating node. Pushes go by digest and `docker buildx imagetools create` assembles the index, so every platform
 has its own node, timing, failover and cache ref.
 
-The command line and the argv (nodefleet.buildargs), node choice (nodefleet.routing) and reading buildx's output
-(nodefleet.buildoutput) are pure and table-tested. This module holds the report and the I/O: health checks,
-helper builders, running buildx, the pushed index.
+The command line and the argv (nodefleet.buildargs), node choice (nodefleet.routing), reading buildx's output
+(nodefleet.buildoutput) and the report (nodefleet.buildreport) are pure and table-tested. This module holds the
+I/O: health checks, helper builders, running buildx, the pushed index.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from nodefleet.buildargs import (
     repository,
 )
 from nodefleet.buildoutput import FailureKind, StepCounter, classify_failure, error_text, index_digests, merge_metadata
+from nodefleet.buildreport import Attempt, BuildReport, PlatformResult
 from nodefleet.errors import CommandError, NodefleetError, UsageError
 from nodefleet.inventory import Host, Inventory
 from nodefleet.platforms import same_architecture
@@ -58,116 +59,10 @@ from nodefleet.state import BuilderState, default_state_dir
 
 log = logging.getLogger(__name__)
 
-JSON_VERSION = 1
 RECORD_VERSION = 1
 # How long a healthy node of a platform waits for a preferred node that has not answered yet: long enough for a
 # responsive host, short enough that a partitioned one (which costs its whole connect timeout) is routed around.
 HEALTH_GRACE = 1.5
-
-# ---------------------------------------------------------------------------------------------- the report
-
-
-@dataclass
-class Attempt:
-    """One run of buildx for a platform on a node."""
-
-    node: str
-    status: str = "running"
-    seconds: float = 0.0
-    error: str | None = None
-    error_kind: FailureKind | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """Stable JSON keys."""
-        return {
-            "node": self.node,
-            "status": self.status,
-            "seconds": round(self.seconds, 3),
-            "error": self.error,
-            "error_kind": self.error_kind.value if self.error_kind else None,
-        }
-
-
-@dataclass
-class PlatformResult:
-    """What happened to one platform; `status` is built, failed, cancelled, refused, skipped or pending."""
-
-    platform: str
-    node: str | None = None
-    node_platform: str | None = None
-    emulated: bool = False
-    status: str = "pending"
-    seconds: float = 0.0
-    steps: int | None = None
-    cached_steps: int | None = None
-    manifest_digest: str | None = None
-    error: str | None = None
-    error_kind: FailureKind | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        """Stable JSON keys."""
-        return {
-            "platform": self.platform,
-            "node": self.node,
-            "node_platform": self.node_platform,
-            "mode": "emulated" if self.emulated else "native",
-            "status": self.status,
-            "seconds": round(self.seconds, 3),
-            "steps": self.steps,
-            "cached_steps": self.cached_steps,
-            "manifest_digest": self.manifest_digest,
-            "error": self.error,
-            "error_kind": self.error_kind.value if self.error_kind else None,
-            "attempts": [attempt.as_json() for attempt in self.attempts],
-        }
-
-
-@dataclass
-class BuildReport:
-    """What `nodefleet build` did: one result per platform, the node checks, the pushed index."""
-
-    builder: str
-    platforms: list[PlatformResult] = field(default_factory=list)
-    nodes: list[fleet.HostResult] = field(default_factory=list)
-    names: tuple[str, ...] = ()
-    index_digest: str | None = None
-    pushed: bool = False
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    failure: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every platform was built (and pushed and assembled, when asked)."""
-        return (
-            self.failure is None
-            and bool(self.platforms)
-            and all(result.status in {"built", "skipped"} for result in self.platforms)
-            and any(result.status == "built" for result in self.platforms)
-        )
-
-    @property
-    def exit_code(self) -> int:
-        """0 when everything was built, 1 otherwise."""
-        return 0 if self.ok else 1
-
-    def as_json(self) -> dict[str, Any]:
-        """The versioned JSON document `--json` prints."""
-        return {
-            "nodefleet_json_version": JSON_VERSION,
-            "command": "build",
-            "builder": self.builder,
-            "ok": self.ok,
-            "seconds": round(self.seconds, 3),
-            "platforms": [result.as_json() for result in self.platforms],
-            "pushed": {"names": list(self.names), "index_digest": self.index_digest} if self.pushed else None,
-            "nodes": [node.as_json() for node in self.nodes],
-            "failure": self.failure,
-            "notes": list(self.notes),
-        }
-
 
 # ---------------------------------------------------------------------------------------------- I/O: state
 

@@ -248,7 +248,7 @@ def inventory_export(inventory_path: str, export_format: str, output: str | None
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from nodefleet.build import BuildReport, PlatformResult
+    from nodefleet.buildreport import BuildReport, PlatformResult
 
 
 class _BuildCommand(click.Command):

@@ -581,7 +581,7 @@ def test_build_command_hands_everything_but_its_own_options_to_buildx() -> None:
 
 
 def test_build_report_json_keys_are_stable() -> None:
-    from nodefleet.build import Attempt, BuildReport, PlatformResult
+    from nodefleet.buildreport import Attempt, BuildReport, PlatformResult
 
     result = PlatformResult("linux/arm64", node="arm64-2", node_platform=ARM, status="built", seconds=1.23456)
     result.attempts = [
