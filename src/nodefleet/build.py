@@ -6,15 +6,15 @@ emulating node. Pushes go by digest and `docker buildx imagetools create` assemb
 has its own node, timing, failover and cache ref.
 
 The command line and the argv (nodefleet.buildargs), node choice (nodefleet.routing), reading buildx's output
-(nodefleet.buildoutput) and the report (nodefleet.buildreport) are pure and table-tested. This module holds the
-I/O: health checks, helper builders, running buildx, the pushed index.
+(nodefleet.buildoutput) and the report (nodefleet.buildreport) are pure and table-tested. The options and the
+record are in nodefleet.buildstate, the health checks in nodefleet.buildchecks; this module holds the rest of the
+I/O: helper builders, running buildx, the pushed index.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -22,7 +22,7 @@ import shlex
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,12 @@ from nodefleet.buildargs import (
     progress_mode,
     repository,
 )
+from nodefleet.buildchecks import Checks
 from nodefleet.buildoutput import FailureKind, StepCounter, classify_failure, error_text, index_digests, merge_metadata
 from nodefleet.buildreport import Attempt, BuildReport, PlatformResult
+from nodefleet.buildstate import BuildOptions, BuildRecord
 from nodefleet.errors import CommandError, NodefleetError, UsageError
-from nodefleet.inventory import Host, Inventory
+from nodefleet.inventory import Inventory
 from nodefleet.platforms import same_architecture
 from nodefleet.routing import (
     Choice,
@@ -58,182 +60,6 @@ from nodefleet.routing import (
 from nodefleet.state import BuilderState, default_state_dir
 
 log = logging.getLogger(__name__)
-
-RECORD_VERSION = 1
-# How long a healthy node of a platform waits for a preferred node that has not answered yet: long enough for a
-# responsive host, short enough that a partitioned one (which costs its whole connect timeout) is routed around.
-HEALTH_GRACE = 1.5
-
-# ---------------------------------------------------------------------------------------------- I/O: state
-
-Progress = fleet.Progress
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How a build runs; the defaults suit the command line."""
-
-    parallel: int | None = None
-    state_dir: Path | None = None
-    health_grace: float = HEALTH_GRACE
-    # (label, line): buildx's progress lines, labelled with the platform when several builds run at once.
-    progress: Progress = fleet.quiet
-    # nodefleet's own steps ("arm64-1 unreachable, building linux/arm64 on arm64-2").
-    notice: Callable[[str], None] = lambda _message: None
-    # Let buildx write to our stdout (an output `-`).
-    inherit_stdout: bool = False
-
-
-class BuildRecord:
-    """`<builder>-build.json` in the state dir: when each node last started a build (for balancing), what each
-    host's node is (platform, worker platforms by container id), and the config each helper builder was made with."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock_path = path.with_suffix(".lock")
-
-    def load(self) -> dict[str, Any]:
-        """The record, or an empty one."""
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {"version": RECORD_VERSION, "nodes": {}, "helpers": {}}
-        if not isinstance(data, dict):
-            return {"version": RECORD_VERSION, "nodes": {}, "helpers": {}}
-        data.setdefault("nodes", {})
-        data.setdefault("helpers", {})
-        return data
-
-    def _save(self, data: Mapping[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-        tmp.replace(self.path)
-
-    @contextlib.asynccontextmanager
-    async def update(self, wait: float = 120.0) -> AsyncIterator[dict[str, Any]]:
-        """Hold the record's lock (other nodefleet builds wait), yield the record, save it on the way out."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise NodefleetError(f"another nodefleet build holds {self.lock_path}") from None
-                    await asyncio.sleep(0.05)
-            data = self.load()
-            yield data
-            self._save(data)
-        finally:
-            os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------- I/O: health
-
-
-class _Checks:
-    """The concurrent health checks of one build, started at once and read as they answer."""
-
-    def __init__(
-        self, inventory: Inventory, options: BuildOptions, known_workers: Mapping[str, tuple[str, ...]]
-    ) -> None:
-        self.inventory = inventory
-        self.hosts = {host.name: host for host in inventory.enabled_hosts}
-        self.options = options
-        self.known_workers = known_workers
-        self.tasks: dict[str, asyncio.Task[fleet.NodeCheck]] = {}
-        self.started = time.monotonic()
-        self.semaphore = asyncio.Semaphore(options.parallel or inventory.defaults.parallel)
-
-    def start(self, views: Iterable[NodeView]) -> None:
-        """Start checking these hosts (a platform already known is not asked again)."""
-        for view in views:
-            known = view.platforms[0] if view.platforms else None
-            self.tasks[view.name] = asyncio.ensure_future(self._check(self.hosts[view.name], known))
-
-    async def _check(self, host: Host, platform: str | None) -> fleet.NodeCheck:
-        async with self.semaphore:
-            return await fleet.check_node(self.inventory, host, known_workers=self.known_workers, platform=platform)
-
-    def result(self, name: str) -> fleet.NodeCheck | None:
-        """The answer of a finished check, if any."""
-        task = self.tasks.get(name)
-        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
-            return None
-        return task.result()
-
-    def views(self, base: Sequence[NodeView]) -> list[NodeView]:
-        """The views with what the checks have answered so far."""
-        return [self._view(view) for view in base]
-
-    def _view(self, view: NodeView) -> NodeView:
-        task = self.tasks.get(view.name)
-        if task is None:
-            return view
-        if not task.done():
-            return replace(view, health=Health.PENDING)
-        check = self.result(view.name)
-        if check is None:
-            return replace(view, health=Health.FAILED, error="the health check crashed")
-        platforms = view.platforms
-        if check.result.platform and not self.hosts[view.name].platforms:
-            platforms = (check.result.platform,)
-        return replace(
-            view,
-            platforms=platforms,
-            health=Health.HEALTHY if check.healthy else Health.FAILED,
-            error=check.result.error,
-            workers=check.worker_platforms,
-        )
-
-    async def settle(self, base: Sequence[NodeView], choose: Callable[[list[NodeView], bool], Selection]) -> Selection:
-        """Choose again as checks answer, until the choice waits for none."""
-        grace = self.options.health_grace
-        while True:
-            elapsed = time.monotonic() - self.started
-            selection = choose(self.views(base), elapsed >= grace)
-            if not selection.pending:
-                return selection
-            running = [task for task in self.tasks.values() if not task.done()]
-            if not running:
-                await asyncio.sleep(max(0.01, grace - elapsed))
-                continue
-            timeout = None if elapsed >= grace else grace - elapsed
-            await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-
-    async def wait_for(self, names: Iterable[str]) -> None:
-        """Wait for the checks of these hosts (each is bounded by its connect timeout)."""
-        tasks = [self.tasks[name] for name in names if name in self.tasks and not self.tasks[name].done()]
-        if tasks:
-            await asyncio.wait(tasks)
-
-    def cancel(self) -> None:
-        """Stop the checks still running."""
-        for task in self.tasks.values():
-            task.cancel()
-
-    def results(self) -> list[fleet.HostResult]:
-        """Every check's result so far, a check still running counted as failed (it was not waited for)."""
-        results = []
-        for name, task in self.tasks.items():
-            check = self.result(name)
-            if check is not None:
-                results.append(check.result)
-                continue
-            waited = round(time.monotonic() - self.started, 1)
-            why = f"no answer within {waited} s; not waited for" if not task.done() else "the health check crashed"
-            results.append(fleet.HostResult(name, self.hosts[name].address, status="failed", error=why))
-        return results
-
-    def checked(self) -> list[fleet.NodeCheck]:
-        """The answers so far, in the order the checks started."""
-        return [check for name in self.tasks if (check := self.result(name)) is not None]
-
 
 # ---------------------------------------------------------------------------------------------- I/O: running
 
@@ -438,7 +264,7 @@ async def _build(job: _Build, report: BuildReport) -> None:
     record = job.record.load()
     pins = _main_pins(job.inventory.builder, report.notes)
     base = initial_views(job.inventory.enabled_hosts, record, pins)
-    checks = _Checks(job.inventory, job.options, _known_workers(record))
+    checks = Checks(job.inventory, job.options, _known_workers(record))
     wanted = set(hosts_to_check(base, request.platforms, request.allow_emulation))
     checks.start(view for view in base if view.name in wanted)
     hint = f"inventory {job.inventory.path}"
@@ -510,7 +336,7 @@ def _result_for(job: _Build, choice: Choice) -> PlatformResult:
     )
 
 
-async def _run_split(job: _Build, report: BuildReport, selection: Selection, checks: _Checks) -> None:
+async def _run_split(job: _Build, report: BuildReport, selection: Selection, checks: Checks) -> None:
     count = len(selection.choices)
     progress, inherit = progress_mode(job.request, count)
     semaphore = asyncio.Semaphore(job.options.parallel or count)
@@ -529,7 +355,7 @@ async def _run_split(job: _Build, report: BuildReport, selection: Selection, che
 
 
 async def _build_platform(
-    job: _Build, choice: Choice, result: PlatformResult, checks: _Checks, *, count: int, progress: str, inherit: bool
+    job: _Build, choice: Choice, result: PlatformResult, checks: Checks, *, count: int, progress: str, inherit: bool
 ) -> None:
     """Build one platform; an infrastructure failure is retried once on another node of that platform."""
     node = choice.node
@@ -559,7 +385,7 @@ async def _build_platform(
         node = retry
 
 
-async def _next_node(job: _Build, choice: Choice, checks: _Checks, exclude: set[str]) -> str | None:
+async def _next_node(job: _Build, choice: Choice, checks: Checks, exclude: set[str]) -> str | None:
     """The node to retry on, once the checks still running have answered (each within its connect timeout)."""
     await checks.wait_for(list(checks.tasks))
     job.views.update((view.name, view) for view in checks.views(list(job.views.values())))

@@ -12,8 +12,6 @@ from typing import Any
 
 from nodefleet.platforms import normalize_platform
 
-# ---------------------------------------------------------------------------------------------- reading buildx
-
 _STEP_RE = re.compile(r"^#(\d+) \[([^\]]*)\] (\S+)")
 _STEP_NAME_RE = re.compile(r"(?:^|\s)\d+/\d+$")
 _CACHED_RE = re.compile(r"^#(\d+) CACHED\s*$")

@@ -317,8 +317,9 @@ def build_command(
     """
     from dataclasses import replace
 
-    from nodefleet.build import BuildOptions, build
+    from nodefleet.build import build
     from nodefleet.buildargs import parse_request
+    from nodefleet.buildstate import BuildOptions
 
     inventory = _load(inventory_path)
     request = parse_request(ctx.args, platforms=platforms, cache_ref=cache_ref, allow_emulation=allow_emulation)

@@ -2,7 +2,7 @@
 
 A platform goes to its least recently used healthy native node; a node that has not answered yet is waited for
 within a grace period, a platform with no healthy native node is refused (or, when asked, emulated elsewhere), and
-a failed build is retried once on another node. The health checks that feed it are in nodefleet.build.
+a failed build is retried once on another node. The health checks that feed it are in nodefleet.buildchecks.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import Any
 
 from nodefleet.inventory import Host
 from nodefleet.platforms import architecture, same_architecture
-
-# ---------------------------------------------------------------------------------------------- choosing nodes
 
 
 class Health(StrEnum):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from nodefleet.build import BuildRecord
 from nodefleet.buildargs import (
     BuildRequest,
     Output,
@@ -24,6 +23,7 @@ from nodefleet.buildargs import (
     split_command_line,
 )
 from nodefleet.buildoutput import FailureKind, StepCounter, classify_failure, error_text, index_digests, merge_metadata
+from nodefleet.buildstate import BuildRecord
 from nodefleet.errors import UsageError
 from nodefleet.fleet import parse_node_check
 from nodefleet.routing import Choice, Health, NodeView, emulation_order, hosts_to_check, retry_node, select_nodes

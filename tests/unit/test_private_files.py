@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nodefleet import buildx
-from nodefleet.build import BuildRecord
+from nodefleet.buildstate import BuildRecord
 from nodefleet.fleet import resolve_buildkitd_config
 from nodefleet.inventory import parse_inventory
 from nodefleet.state import BuilderState, write_private
