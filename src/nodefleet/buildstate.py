@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 from nodefleet import fleet
 from nodefleet.errors import NodefleetError
+from nodefleet.state import try_lock
 
 RECORD_VERSION = 1
 # How long a healthy node of a platform waits for a preferred node that has not answered yet: long enough for a
@@ -75,14 +75,10 @@ class BuildRecord:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise NodefleetError(f"another nodefleet build holds {self.lock_path}") from None
-                    await asyncio.sleep(0.05)
+            while not try_lock(fd):
+                if time.monotonic() > deadline:
+                    raise NodefleetError(f"another nodefleet build holds {self.lock_path}")
+                await asyncio.sleep(0.05)
             data = self.load()
             yield data
             self._save(data)

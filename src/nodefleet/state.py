@@ -45,6 +45,17 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def try_lock(fd: int) -> bool:
+    """Take the exclusive flock of an open file without waiting: True when taken, False when another process holds it.
+
+    The callers wait in their own way (a sleep, or an await) until a deadline of their own."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 class BuilderState:
     """Files under the state dir for one builder; every file is created 0600 in a 0700 folder."""
 
@@ -65,14 +76,10 @@ class BuilderState:
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockError(f"another nodefleet run holds {self.lock_file} (waited {wait:g} s)") from None
-                    time.sleep(0.1)
+            while not try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise LockError(f"another nodefleet run holds {self.lock_file} (waited {wait:g} s)")
+                time.sleep(0.1)
             yield
         finally:
             os.close(fd)
