@@ -57,9 +57,12 @@ from nodefleet.routing import (
     retry_node,
     select_nodes,
 )
+from nodefleet.ssh import open_session
 from nodefleet.state import BuilderState, default_state_dir
 
 log = logging.getLogger(__name__)
+
+WATCH_MISSES = 3  # unanswered keepalives, connect_timeout seconds apart, before a building node is given up
 
 # ---------------------------------------------------------------------------------------------- I/O: running
 
@@ -73,6 +76,7 @@ class _Run:
     lines: deque[str]
     counts: tuple[int, int] | None
     stdout: bytes
+    lost: str | None = None  # why the node was given up while buildx ran on it
 
 
 async def _run_streaming(
@@ -83,8 +87,10 @@ async def _run_streaming(
     stdin: bytes | None,
     inherit_stderr: bool,
     abort: asyncio.Event | None = None,
+    lost: asyncio.Future[str] | None = None,
 ) -> _Run:
-    """Run buildx, passing each progress line on as it comes; killed (with its process group) on abort/cancel."""
+    """Run buildx, passing each progress line on as it comes; killed (with its process group) on abort, on cancel,
+    or when `lost` answers (the node stopped answering: its reason is kept in the result)."""
     log.debug("run %s", shlex.join(argv))
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
@@ -126,11 +132,20 @@ async def _run_streaming(
     waiter = asyncio.ensure_future(finish())
     stopper = asyncio.ensure_future(abort.wait()) if abort is not None else None
     try:
-        done, _ = await asyncio.wait([w for w in (waiter, stopper) if w is not None], return_when="FIRST_COMPLETED")
+        watched = {w for w in (waiter, stopper, lost) if w is not None}
+        while True:
+            done, _ = await asyncio.wait(watched, return_when="FIRST_COMPLETED")
+            if lost is None or lost not in done or lost.exception() is None:
+                break
+            # The watch itself failed, not the node: the build goes on unwatched.
+            log.debug("node watch failed", exc_info=lost.exception())
+            watched.discard(lost)
+            lost = None
         if waiter not in done:
             _kill_group(process)
             await waiter
-            return _Run(-1, time.monotonic() - started, lines, counter.counts, bytes(stdout))
+            reason = lost.result() if lost is not None and lost in done else None
+            return _Run(-1, time.monotonic() - started, lines, counter.counts, bytes(stdout), lost=reason)
         code = waiter.result()
     except asyncio.CancelledError:
         _kill_group(process)
@@ -289,7 +304,7 @@ async def _build(job: _Build, report: BuildReport) -> None:
         await job.remember(checks.checked())  # checks that answered during the build, so they are quick next time
     finally:
         report.nodes = checks.results()
-        checks.cancel()
+        await checks.close()
 
 
 def _tell_routing(job: _Build, selection: Selection) -> None:
@@ -365,7 +380,7 @@ async def _build_platform(
         result.attempts.append(attempt)
         result.node = node
         await _attempt(
-            job, choice.platform, attempt, result, label=label, count=count, progress=progress, inherit=inherit
+            job, checks, choice.platform, attempt, result, label=label, count=count, progress=progress, inherit=inherit
         )
         if attempt.status in {"built", "cancelled"}:
             result.status = attempt.status
@@ -394,6 +409,7 @@ async def _next_node(job: _Build, choice: Choice, checks: Checks, exclude: set[s
 
 async def _attempt(
     job: _Build,
+    checks: Checks,
     platform: str,
     attempt: Attempt,
     result: PlatformResult,
@@ -414,9 +430,20 @@ async def _attempt(
     argv = platform_argv(job.request, platform, helper, platforms=count, metadata_file=str(metadata), progress=progress)
     mode = "under emulation (QEMU)" if result.emulated else "natively"
     job.options.notice(f"{platform}: building {mode} on {attempt.node}")
-    run = await _run_streaming(
-        argv, label=label, options=job.options, stdin=job.request.stdin, inherit_stderr=inherit, abort=job.abort
-    )
+    watch = asyncio.ensure_future(_watch(job, checks, attempt.node))
+    try:
+        run = await _run_streaming(
+            argv,
+            label=label,
+            options=job.options,
+            stdin=job.request.stdin,
+            inherit_stderr=inherit,
+            abort=job.abort,
+            lost=watch,
+        )
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
     attempt.seconds = run.seconds
     result.seconds = run.seconds
     if run.counts is not None:
@@ -431,8 +458,31 @@ async def _attempt(
         attempt.error = "stopped: another platform failed"
         return
     attempt.status = "failed"
+    if run.lost is not None:
+        attempt.error = run.lost
+        attempt.error_kind = FailureKind.INFRASTRUCTURE
+        return
     attempt.error = error_text(run.lines) or f"docker buildx build exited {run.exit_status}"
     attempt.error_kind = classify_failure(attempt.error)
+
+
+async def _watch(job: _Build, checks: Checks, node: str) -> str:
+    """Return when the node stops answering, with what to say. buildx's SSH has no keepalive, so a node cut off
+    mid-build would hold its build until TCP gives up; beside each build nodefleet keeps an SSH session to the node
+    (the one its health check opened) with keepalives every connect_timeout seconds, and gives the node up after
+    WATCH_MISSES unanswered: the attempt fails as an infrastructure error and is retried once on another node."""
+    interval = job.inventory.defaults.connect_timeout
+    session = checks.session(node)
+    if session is None:
+        target = fleet.ssh_target(job.inventory, job.hosts[node])
+        try:
+            session = await open_session(target, attempts=2, budget=2 * interval + 1)
+        except NodefleetError as exc:
+            return f"{node} stopped answering when its build started: {exc}"
+        checks.adopt(node, session)
+    session.keep_alive(interval, WATCH_MISSES)
+    await session.wait_lost()
+    return f"{node} stopped answering: no SSH answer for {interval * WATCH_MISSES:g} s (keepalives); build stopped"
 
 
 async def _assemble_index(job: _Build, report: BuildReport) -> None:

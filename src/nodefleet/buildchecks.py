@@ -12,6 +12,7 @@ from nodefleet import fleet
 from nodefleet.buildstate import BuildOptions
 from nodefleet.inventory import Host, Inventory
 from nodefleet.routing import Health, NodeView, Selection
+from nodefleet.ssh import Session
 
 
 class Checks:
@@ -25,6 +26,7 @@ class Checks:
         self.options = options
         self.known_workers = known_workers
         self.tasks: dict[str, asyncio.Task[fleet.NodeCheck]] = {}
+        self.sessions: dict[str, Session] = {}  # opened for the watch of a node whose check kept none
         self.started = time.monotonic()
         self.semaphore = asyncio.Semaphore(options.parallel or inventory.defaults.parallel)
 
@@ -36,7 +38,9 @@ class Checks:
 
     async def _check(self, host: Host, platform: str | None) -> fleet.NodeCheck:
         async with self.semaphore:
-            return await fleet.check_node(self.inventory, host, known_workers=self.known_workers, platform=platform)
+            return await fleet.check_node(
+                self.inventory, host, known_workers=self.known_workers, platform=platform, keep_session=True
+            )
 
     def result(self, name: str) -> fleet.NodeCheck | None:
         """The answer of a finished check, if any."""
@@ -90,10 +94,25 @@ class Checks:
         if tasks:
             await asyncio.wait(tasks)
 
-    def cancel(self) -> None:
-        """Stop the checks still running."""
+    def session(self, name: str) -> Session | None:
+        """The open SSH session of a healthy node: the one its check kept, or one opened since (`adopt`)."""
+        check = self.result(name)
+        if check is not None and check.session is not None:
+            return check.session
+        return self.sessions.get(name)
+
+    def adopt(self, name: str, session: Session) -> None:
+        """Keep a session opened for this node after its check; closed with the others."""
+        self.sessions[name] = session
+
+    async def close(self) -> None:
+        """Stop the checks still running and close every session they kept."""
         for task in self.tasks.values():
             task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        sessions = [check.session for check in self.checked() if check.session is not None]
+        sessions += self.sessions.values()
+        await asyncio.gather(*(session.close() for session in sessions))
 
     def results(self) -> list[fleet.HostResult]:
         """Every check's result so far, a check still running counted as failed (it was not waited for)."""

@@ -905,6 +905,7 @@ class NodeCheck:
     result: HostResult
     container_id: str | None = None
     worker_platforms: tuple[str, ...] = ()
+    session: Session | None = field(default=None, compare=False, repr=False)
 
     @property
     def healthy(self) -> bool:
@@ -957,11 +958,13 @@ async def check_node(
     *,
     known_workers: Mapping[str, tuple[str, ...]] | None = None,
     platform: str | None = None,
+    keep_session: bool = False,
 ) -> NodeCheck:
     """Is this host's node ready to build: SSH within connect_timeout (one attempt), its platform, BuildKit running
     with a native worker. `known_workers` maps container ids already looked at to their worker platforms: an
     unchanged container then costs no `docker exec` (slow when BuildKit is emulated). `platform`, when already
-    known, is not asked again; a container of another architecture still fails the native-worker check."""
+    known, is not asked again; a container of another architecture still fails the native-worker check. With
+    `keep_session`, a healthy node's SSH session is handed over in the result, open: the caller closes it."""
     options = replace(options or FleetOptions(), host_key_policy=HostKeyPolicy.STRICT)
     work = _new_work(inventory, host)
     timeout = inventory.defaults.connect_timeout + 15
@@ -989,17 +992,22 @@ async def check_node(
         else:
             work.health = NodeHealth(state, None, ())
 
+    kept: Session | None = None
     try:
         await _connect(work, options, attempts=1, budget=inventory.defaults.connect_timeout)
         await _guard(work, "check", look)
-    finally:
+        _judge_health(work)
+        if keep_session and work.result.status == "healthy":
+            kept, work.session = work.session, None
         await _close_all([work])
-    _judge_health(work)
+    except BaseException:
+        await asyncio.gather(*(session.close() for session in (work.session, kept) if session is not None))
+        raise
     if work.result.status == "failed" and work.health is not None and work.health.state != "running":
         work.result.error = f"{work.result.error}; `nodefleet up` starts it"
     work.finish()
     workers = work.health.worker_platforms if work.health is not None else ()
-    return NodeCheck(work.result, seen[0] if seen else None, workers)
+    return NodeCheck(work.result, seen[0] if seen else None, workers, session=kept)
 
 
 async def node_health(

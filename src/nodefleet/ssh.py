@@ -117,6 +117,14 @@ class Session:
             _text(completed.stderr),
         )
 
+    def keep_alive(self, interval: float, count: int) -> None:
+        """Send a keepalive every `interval` seconds of silence; after `count` unanswered, the connection is lost."""
+        self._connection.set_keepalive(interval, count)
+
+    async def wait_lost(self) -> None:
+        """Return when the connection is gone (closed, or lost to unanswered keepalives)."""
+        await self._connection.wait_closed()
+
     async def close(self) -> None:
         """Close the connection and wait for it to go."""
         self._connection.close()
