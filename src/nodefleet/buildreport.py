@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from nodefleet import jsondoc
 from nodefleet.buildoutput import FailureKind
 
 if TYPE_CHECKING:
     from nodefleet.fleet import HostResult
-
-JSON_VERSION = 1
 
 
 @dataclass
@@ -98,16 +97,12 @@ class BuildReport:
     @property
     def exit_code(self) -> int:
         """0 when everything was built, 1 otherwise."""
-        return 0 if self.ok else 1
+        return jsondoc.exit_code(self.ok)
 
     def as_json(self) -> dict[str, Any]:
         """The versioned JSON document `--json` prints."""
         return {
-            "nodefleet_json_version": JSON_VERSION,
-            "command": "build",
-            "builder": self.builder,
-            "ok": self.ok,
-            "seconds": round(self.seconds, 3),
+            **jsondoc.envelope("build", self.builder, ok=self.ok, seconds=self.seconds),
             "platforms": [result.as_json() for result in self.platforms],
             "pushed": {"names": list(self.names), "index_digest": self.index_digest} if self.pushed else None,
             "nodes": [node.as_json() for node in self.nodes],

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from nodefleet import buildx
+from nodefleet import buildx, jsondoc
 from nodefleet.bootstrap import (
     check_openssh_path,
     config_digest,
@@ -40,7 +40,6 @@ from nodefleet.state import BuilderState, WorkerCache, default_state_dir, privat
 
 log = logging.getLogger(__name__)
 
-JSON_VERSION = 1
 T = TypeVar("T")
 
 # (who, what): a host or platform and its latest step, for a spinner or labelled progress lines.
@@ -118,17 +117,13 @@ class FleetReport:
     @property
     def exit_code(self) -> int:
         """0 when every enabled host is fine, 1 when some failed."""
-        return 0 if self.ok else 1
+        return jsondoc.exit_code(self.ok)
 
     def as_json(self) -> dict[str, Any]:
         """The versioned JSON document `--json` prints."""
         return {
-            "nodefleet_json_version": JSON_VERSION,
-            "command": self.command,
-            "builder": self.builder,
-            "ok": self.ok,
+            **jsondoc.envelope(self.command, self.builder, ok=self.ok, seconds=self.seconds),
             "changed": self.changed,
-            "seconds": round(self.seconds, 3),
             "notes": list(self.notes),
             "hosts": [host.as_json() for host in self.hosts],
         }
