@@ -1,4 +1,5 @@
-"""Facts about a build host, gathered with one remote shell script and parsed by pure functions."""
+"""The shell scripts nodefleet runs to learn about a host and its node (facts, BuildKit health, the quick check
+before a build), and the pure functions that parse what they print."""
 
 from __future__ import annotations
 
@@ -203,3 +204,41 @@ def parse_image_present(output: str) -> bool | None:
         if line.startswith("image="):
             return line.strip() == "image=present"
     return None
+
+
+def node_check_script(container: str, *, machine: bool = True) -> str:
+    """Shell script printing a BuildKit container's id and state (the quick check before a build), and the host's
+    machine and userland width unless `machine` is False."""
+    container = shlex.quote(container)
+    facts = 'echo "machine=$(uname -m 2>/dev/null)"\necho "userland_bits=$(getconf LONG_BIT 2>/dev/null)"\n'
+    inspect = f"echo \"container=$(docker inspect -f '{{{{.Id}}}} {{{{.State.Status}}}}' {container} 2>&1)\"\n"
+    return (facts if machine else "") + inspect
+
+
+def node_workers_script(container: str) -> str:
+    """The worker platforms of a running BuildKit container, through its buildctl (buildkitd itself may be emulated
+    and slow to start, so its version is not asked here)."""
+    quoted = shlex.quote(container)
+    return f"echo \"workers=$(docker exec {quoted} buildctl debug workers --format '{{{{json .}}}}' 2>/dev/null)\"\n"
+
+
+def parse_node_check(output: str) -> tuple[str | None, str, str | None]:
+    """(container id, state, engine problem) from node_check_script's output."""
+    line = next((text for text in output.splitlines() if text.startswith("container=")), "container=")
+    value = line.partition("=")[2].strip()
+    words = value.split()
+    if len(words) == 2 and len(words[0]) == 64 and all(char in "0123456789abcdef" for char in words[0]):
+        return words[0], words[1], None
+    if "no such object" in value.lower() or "no such container" in value.lower():
+        return None, "missing", None
+    facts = HostFacts(
+        "",
+        None,
+        None,
+        "",
+        docker_cli="not found" not in value,
+        engine_version=None,
+        engine_error=value or None,
+        disk_free_bytes=None,
+    )
+    return None, "unknown", facts.engine_problem()

@@ -26,9 +26,12 @@ from nodefleet.errors import CommandError, NodefleetError, UsageError
 from nodefleet.facts import (
     HostFacts,
     NodeHealth,
+    node_check_script,
     node_health_script,
+    node_workers_script,
     parse_facts,
     parse_image_present,
+    parse_node_check,
     parse_node_health,
     probe_script,
 )
@@ -908,44 +911,6 @@ class NodeCheck:
         return self.result.status == "healthy"
 
 
-def node_check_script(node: str, *, machine: bool = True) -> str:
-    """Shell script printing the node container's id and state, and the host's machine and userland width unless
-    `machine` is False. Each command is a process to start, slow on a small board or an emulated userland."""
-    container = shlex.quote(buildx.container_name(node))
-    facts = 'echo "machine=$(uname -m 2>/dev/null)"\necho "userland_bits=$(getconf LONG_BIT 2>/dev/null)"\n'
-    inspect = f"echo \"container=$(docker inspect -f '{{{{.Id}}}} {{{{.State.Status}}}}' {container} 2>&1)\"\n"
-    return (facts if machine else "") + inspect
-
-
-def node_workers_script(container: str) -> str:
-    """The worker platforms of a running BuildKit container, through its buildctl (buildkitd itself may be emulated
-    and slow to start, so its version is not asked here)."""
-    quoted = shlex.quote(container)
-    return f"echo \"workers=$(docker exec {quoted} buildctl debug workers --format '{{{{json .}}}}' 2>/dev/null)\"\n"
-
-
-def parse_node_check(output: str) -> tuple[str | None, str, str | None]:
-    """(container id, state, engine problem) from node_check_script's output."""
-    line = next((text for text in output.splitlines() if text.startswith("container=")), "container=")
-    value = line.partition("=")[2].strip()
-    words = value.split()
-    if len(words) == 2 and len(words[0]) == 64 and all(char in "0123456789abcdef" for char in words[0]):
-        return words[0], words[1], None
-    if "no such object" in value.lower() or "no such container" in value.lower():
-        return None, "missing", None
-    facts = HostFacts(
-        "",
-        None,
-        None,
-        "",
-        docker_cli="not found" not in value,
-        engine_version=None,
-        engine_error=value or None,
-        disk_free_bytes=None,
-    )
-    return None, "unknown", facts.engine_problem()
-
-
 async def check_node(
     inventory: Inventory,
     host: Host,
@@ -968,7 +933,8 @@ async def check_node(
     async def look() -> None:
         session = work.need_session()
         known = host.platforms[0] if host.platforms else platform
-        output = await session.run(node_check_script(host.name, machine=known is None), timeout=timeout)
+        script = node_check_script(buildx.container_name(host.name), machine=known is None)
+        output = await session.run(script, timeout=timeout)
         facts = parse_facts(output.stdout)
         work.result.platform = known or facts.platform
         if work.result.platform is None:

@@ -25,7 +25,7 @@ from nodefleet.buildargs import (
 from nodefleet.buildoutput import FailureKind, StepCounter, classify_failure, error_text, index_digests, merge_metadata
 from nodefleet.buildstate import BuildRecord
 from nodefleet.errors import UsageError
-from nodefleet.fleet import parse_node_check
+from nodefleet.facts import parse_node_check
 from nodefleet.routing import Choice, Health, NodeView, emulation_order, hosts_to_check, retry_node, select_nodes
 
 AMD = "linux/amd64"

@@ -38,8 +38,8 @@ from nodefleet.bootstrap import (
 )
 from nodefleet.buildargs import imagetools_create_argv, imagetools_inspect_argv, parse_request, platform_argv
 from nodefleet.errors import InventoryError
-from nodefleet.facts import INSPECT_FORMAT, image_present_script, node_health_script
-from nodefleet.fleet import helper_builder_name, node_check_script, node_spec, ssh_target, target_from_endpoint
+from nodefleet.facts import INSPECT_FORMAT, image_present_script, node_check_script, node_health_script
+from nodefleet.fleet import helper_builder_name, node_spec, ssh_target, target_from_endpoint
 from nodefleet.inventory import Inventory, parse_inventory
 from nodefleet.plan import assign_pins
 
@@ -195,7 +195,7 @@ def remote_commands(inventory: Inventory) -> list[tuple[str, str, tuple[str, ...
         checks += [
             (health, container, ("docker", "inspect", "-f", INSPECT_FORMAT)),
             (health, container, ("docker", "exec")),
-            (node_check_script(host.name), container, ("docker", "inspect", "-f", "{{.Id}} {{.State.Status}}")),
+            (node_check_script(container), container, ("docker", "inspect", "-f", "{{.Id}} {{.State.Status}}")),
             (image_present_command(host.buildkit_image), host.buildkit_image, ("docker", "image", "inspect")),
             (image_pull_command(host.buildkit_image), host.buildkit_image, ("docker", "pull", "-q")),
         ]
@@ -367,7 +367,7 @@ def test_remote_commands_under_a_real_shell_pass_any_value_as_one_argument(
         ],
         node_health_script(container, known=STUB_INSTANCE): [["inspect", "-f", INSPECT_FORMAT, container]],
         image_present_script(image): [["image", "inspect", image]],
-        node_check_script(node): [["inspect", "-f", "{{.Id}} {{.State.Status}}", container]],
+        node_check_script(container): [["inspect", "-f", "{{.Id}} {{.State.Status}}", container]],
         image_present_command(image): [["image", "inspect", image]],
         image_pull_command(image): [["pull", "-q", image]],
         remove_node_container_command(node, keep_state=True): [
