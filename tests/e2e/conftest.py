@@ -21,6 +21,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lab"))
 from labkit.core import LOCK_FILE, LOCK_HELD_ENV
 
+from .fleetlib import BUILDX_VARIANTS, buildx_env, buildx_version
+
 REPO = Path(__file__).resolve().parents[2]
 LABCTL = REPO / "lab" / "labctl.py"
 # Two arm64 hosts, so failover tests have somewhere to go.
@@ -99,3 +101,19 @@ def _fault(host: str, action: str) -> None:
     result = labctl("fault", host, action, timeout=120)
     if result.returncode != 0:
         pytest.fail(f"`labctl.py fault {host} {action}` failed:\n{result.stdout}{result.stderr}", pytrace=False)
+
+
+@pytest.fixture(scope="module", params=BUILDX_VARIANTS)
+def buildx_variant(request: pytest.FixtureRequest) -> str:
+    """A module whose tests use this (or `buildx`) runs them all with trixie's buildx (0.13), then all with
+    unstable's (0.29): the parameter is module-scoped, so pytest groups the tests by variant."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def buildx(buildx_variant: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment that makes the docker CLI (and so nodefleet, which runs `docker buildx`) use that buildx."""
+    env = buildx_env(buildx_variant, tmp_path_factory.mktemp(f"docker-config-{buildx_variant}"))
+    if env and buildx_version(env) == buildx_version():
+        pytest.fail(f"{env} does not change the buildx that `docker buildx` runs", pytrace=False)
+    return env

@@ -154,3 +154,17 @@ def buildx_env(variant: str, config_dir: Path) -> dict[str, str]:
     if not link.exists():
         link.symlink_to(_UNSTABLE_BUILDX)
     return {"DOCKER_CONFIG": str(config_dir)}
+
+
+def buildx_version(env: Mapping[str, str] | None = None) -> str:
+    """The version `docker buildx version` gives in that environment (e.g. 0.29.1+ds1); '?' if it says none."""
+    result = subprocess.run(
+        ["docker", "buildx", "version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    words = result.stdout.split()
+    return words[1] if len(words) > 1 else "?"

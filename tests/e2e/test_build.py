@@ -1,4 +1,8 @@
-"""`nodefleet build` against the lab: real sshd, dockerd, buildx, BuildKit and registry; nothing mocked."""
+"""`nodefleet build` against the lab: real sshd, dockerd, buildx, BuildKit and registry; nothing mocked.
+
+Every test runs with trixie's buildx (0.13) and with unstable's (0.29): the `buildx` fixture (conftest.py). Each
+variant has its own buildx store (DOCKER_CONFIG) and its own builder names (suffixed with the variant).
+"""
 
 from __future__ import annotations
 
@@ -37,13 +41,14 @@ CMD ["cat", "/log"]
 
 
 class Fleet:
-    """One test fleet: its inventory, its own builder and nodefleet state dir, and the lab registry."""
+    """One test fleet: its inventory, its own builder and nodefleet state dir, the buildx variant's environment,
+    and the lab registry."""
 
-    def __init__(self, lab: Any, root: Path, builder: str, hosts: list[str]) -> None:
+    def __init__(self, lab: Any, root: Path, builder: str, hosts: list[str], variant: str, buildx: dict[str, str]):
         self.lab = lab
-        self.builder = builder
-        self.inventory = write_inventory(lab, root / "inventory.toml", builder, hosts)
-        self.env = {"NODEFLEET_STATE_DIR": str(root / "state")}
+        self.builder = f"{builder}-{variant}"
+        self.inventory = write_inventory(lab, root / "inventory.toml", self.builder, hosts)
+        self.env = {"NODEFLEET_STATE_DIR": str(root / "state"), **buildx}
         self.registry = lab_data(lab)["registry"]
         self.base = f"{self.registry}/lab/busybox:stable"
 
@@ -68,14 +73,21 @@ def platforms(run: Run) -> dict[str, dict[str, Any]]:
     return {result["platform"]: result for result in run.json["platforms"]}
 
 
-def imagetools_raw(name: str) -> dict[str, Any]:
-    raw = subprocess.run(
-        ["docker", "buildx", "imagetools", "inspect", "--raw", name],
+def docker_buildx(fleet: Fleet, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`docker buildx ...` with the fleet's buildx variant."""
+    return subprocess.run(
+        ["docker", "buildx", *args],
         capture_output=True,
         text=True,
-        timeout=120,
-        check=True,
+        timeout=timeout,
+        env={**os.environ, **fleet.env},
+        check=False,
     )
+
+
+def imagetools_raw(fleet: Fleet, name: str) -> dict[str, Any]:
+    raw = docker_buildx(fleet, "imagetools", "inspect", "--raw", name)
+    assert raw.returncode == 0, raw.stderr
     return json.loads(raw.stdout)
 
 
@@ -94,8 +106,10 @@ def index_platforms(index: dict[str, Any]) -> dict[str, str]:
 # the module fleet's `up` then brings back.
 
 
-def test_first_arm64_host_partitioned_builds_on_the_second(lab: Any, lab_fault: Any, tmp_path: Path) -> None:
-    pair = Fleet(lab, tmp_path, "e2ebuildarm", ["arm64-1", "arm64-2"])
+def test_first_arm64_host_partitioned_builds_on_the_second(
+    lab: Any, lab_fault: Any, buildx_variant: str, buildx: dict[str, str], tmp_path: Path
+) -> None:
+    pair = Fleet(lab, tmp_path, "e2ebuildarm", ["arm64-1", "arm64-2"], buildx_variant, buildx)
     up = pair.run("up", "--json")
     assert up.exit_code == 0, up.stdout + up.stderr
     folder = context(tmp_path)
@@ -113,13 +127,13 @@ def test_first_arm64_host_partitioned_builds_on_the_second(lab: Any, lab_fault: 
     finally:
         down = pair.run("down", "--json")
     assert down.exit_code == 0, down.stdout
-    assert not [name for name in buildx_builders() if name.startswith("e2ebuildarm")]  # helper builders gone too
+    assert not [name for name in buildx_builders(buildx) if name.startswith(pair.builder)]  # helpers gone too
 
 
 def test_platform_whose_only_host_is_partitioned_fails_closed_in_seconds(
-    lab: Any, lab_fault: Any, tmp_path: Path
+    lab: Any, lab_fault: Any, buildx_variant: str, buildx: dict[str, str], tmp_path: Path
 ) -> None:
-    single = Fleet(lab, tmp_path, "e2ebuildone", ["amd64-1", "armv7-1"])
+    single = Fleet(lab, tmp_path, "e2ebuildone", ["amd64-1", "armv7-1"], buildx_variant, buildx)
     up = single.run("up", "--json")
     assert up.exit_code == 0, up.stdout + up.stderr
     try:
@@ -138,10 +152,12 @@ def test_platform_whose_only_host_is_partitioned_fails_closed_in_seconds(
 
 
 @pytest.fixture(scope="module")
-def fleet(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """All four lab hosts in one builder, brought up once for the module and taken down at its end."""
-    root = tmp_path_factory.mktemp("build")
-    built = Fleet(lab, root, "e2ebuild", ALL)
+def fleet(
+    lab: Any, buildx_variant: str, buildx: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    """All four lab hosts in one builder, brought up once per buildx variant and taken down after its tests."""
+    root = tmp_path_factory.mktemp(f"build-{buildx_variant}")
+    built = Fleet(lab, root, "e2ebuild", ALL, buildx_variant, buildx)
     up = built.run("up", "--json")
     assert up.exit_code == 0, up.stdout + up.stderr
     yield built
@@ -164,7 +180,7 @@ def test_three_platforms_pushed_natively_each_image_prints_its_own_platform_twic
         assert NATIVE[result["node"]] == platform, result
         assert result["seconds"] > 0
     # The pushed index has the three platforms, with the manifest digests the report gives.
-    index = index_platforms(imagetools_raw(image))
+    index = index_platforms(imagetools_raw(fleet, image))
     assert index == {platform: results[platform]["manifest_digest"] for platform in THREE}
     assert report["pushed"]["names"] == [image]
     assert report["pushed"]["index_digest"].startswith("sha256:")
@@ -282,15 +298,9 @@ def test_cache_ref_second_build_is_cached_on_every_platform(fleet: Fleet, tmp_pa
         assert result["cached_steps"] < result["steps"], result  # the nonce makes the RUN new
     for platform in THREE:
         tag = f"{cache}:{platform.replace('/', '-')}"
-        assert imagetools_raw(tag)["manifests"], tag  # one cache per platform in the registry
+        assert imagetools_raw(fleet, tag)["manifests"], tag  # one cache per platform in the registry
     # Drop every node's local cache: only the registry cache can serve the second build.
-    prune = subprocess.run(
-        ["docker", "buildx", "prune", "--builder", fleet.builder, "--all", "--force"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    prune = docker_buildx(fleet, "prune", "--builder", fleet.builder, "--all", "--force", timeout=300)
     assert prune.returncode == 0, prune.stderr
     second = fleet.build(*args)
     assert second.exit_code == 0, second.stdout + second.stderr

@@ -12,9 +12,7 @@ import pytest
 from nodefleet.buildx import read_store
 
 from .fleetlib import (
-    BUILDX_VARIANTS,
     buildx_builders,
-    buildx_env,
     container_id,
     host_docker,
     nodefleet,
@@ -26,12 +24,7 @@ pytestmark = pytest.mark.e2e
 
 THREE = ["amd64-1", "arm64-1", "armv7-1"]
 PLATFORMS = {"amd64-1": "linux/amd64", "arm64-1": "linux/arm64", "armv7-1": "linux/arm/v7"}
-
-
-@pytest.fixture(scope="module", params=BUILDX_VARIANTS)
-def buildx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Every test here runs with trixie's buildx (0.13) and with unstable's (0.29)."""
-    return buildx_env(request.param, tmp_path_factory.mktemp("docker-config"))
+# Every test here runs with trixie's buildx (0.13) and with unstable's (0.29): the `buildx` fixture (conftest.py).
 
 
 @pytest.fixture(scope="module")
