@@ -7,12 +7,14 @@ other hosts were intact. scripts/gen_reliability.py turns the rows into docs/rel
 
 One builder (three hosts, arm64-1 the faulted one, arm64-2 its standby) is shared by every case, in its own buildx
 store (BUILDX_CONFIG) and nodefleet state dir; a case that takes it down brings it back first thing in the next.
+
+The whole matrix runs with trixie's buildx (0.13), then with unstable's (0.29): the `buildx` fixture (conftest.py).
+Each variant has its own builder (e2efault-<variant>), store and state dir; each row records its buildx version.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -32,11 +34,10 @@ import pytest
 from nodefleet import buildx
 
 from .faultmatrix import CASES, FAULTED, HOSTS, PINS, Case, results_file
-from .fleetlib import REPO, container_id, host_docker, lab_data, write_inventory
+from .fleetlib import REPO, buildx_env, buildx_version, container_id, host_docker, lab_data, write_inventory
 
 pytestmark = pytest.mark.e2e
 
-BUILDER = "e2efault"
 OTHERS = tuple(host for host in HOSTS if host != FAULTED)
 CONNECT_TIMEOUT = 3
 TIMEOUTS = {"status": 90, "up": 300, "build": 300, "down": 120}  # hard limits: beyond them a case is a hang
@@ -150,18 +151,25 @@ class Running:
 
 
 class FaultFleet:
-    """The shared builder of the matrix: its inventory, isolated buildx store and nodefleet state dir."""
+    """The shared builder of the matrix: its inventory, isolated buildx store and nodefleet state dir, and the
+    environment that selects its buildx variant."""
 
-    def __init__(self, lab: Any, root: Path) -> None:
+    def __init__(self, lab: Any, root: Path, variant: str, buildx_environ: dict[str, str]) -> None:
         self.lab = lab
         self.root = root
-        self.inventory = write_inventory(lab, root / "inventory.toml", BUILDER, HOSTS, connect_timeout=CONNECT_TIMEOUT)
+        self.variant = variant
+        self.builder = f"e2efault-{variant}"
+        self.inventory = write_inventory(
+            lab, root / "inventory.toml", self.builder, HOSTS, connect_timeout=CONNECT_TIMEOUT
+        )
         self.store = root / "buildx"
         self.env = {
             **os.environ,
+            **buildx_environ,
             "NODEFLEET_STATE_DIR": str(root / "state"),
             "BUILDX_CONFIG": str(self.store),
         }
+        self.buildx_version = buildx_version(self.env)
         self.base = f"{lab_data(lab)['registry']}/lab/busybox:stable"
         self.context = root / "context"
         self.context.mkdir()
@@ -191,12 +199,12 @@ class FaultFleet:
     # ---- state
 
     def instance_file(self) -> Path:
-        return buildx.instance_file(BUILDER, {"BUILDX_CONFIG": str(self.store)})
+        return buildx.instance_file(self.builder, {"BUILDX_CONFIG": str(self.store)})
 
     def pins(self) -> dict[str, tuple[str, ...]] | None:
         """The builder's nodes and pins as buildx's store has them; None when it has no such builder."""
         try:
-            stored = buildx.read_store(BUILDER, {"BUILDX_CONFIG": str(self.store)})
+            stored = buildx.read_store(self.builder, {"BUILDX_CONFIG": str(self.store)})
         except buildx.CorruptStoreError:
             return {"<unreadable>": ()}
         return None if stored is None else {node.name: node.platforms for node in stored.nodes}
@@ -221,8 +229,10 @@ class FaultFleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultFleet]:
-    fleet = FaultFleet(lab, tmp_path_factory.mktemp("faults"))
+def fleet(
+    lab: Any, buildx_variant: str, buildx: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultFleet]:
+    fleet = FaultFleet(lab, tmp_path_factory.mktemp(f"faults-{buildx_variant}"), buildx_variant, buildx)
     first = fleet.run("up")
     assert first.exit_code == 0, first.stdout + first.stderr
     # Baselines without faults: what a case costs on top of them is the fault's price.
@@ -286,7 +296,8 @@ class Record:
             ],
             "run": RUN_ID,
             "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "buildx": _buildx_version(),
+            "buildx": self.fleet.buildx_version,
+            "buildx_variant": self.fleet.variant,
         }
 
 
@@ -328,13 +339,6 @@ def _saw(run: Run) -> list[str]:
         states = ", ".join(f"{host['name']} {host['status']}" for host in data["hosts"])
         seen.append(states + (", builder changed" if data.get("changed") else ", no change"))
     return [line[:300] for line in dict.fromkeys(seen)][:6]
-
-
-@functools.cache
-def _buildx_version() -> str:
-    result = subprocess.run(["docker", "buildx", "version"], capture_output=True, text=True, timeout=30, check=False)
-    words = result.stdout.split()
-    return words[1] if len(words) > 1 else "?"
 
 
 @pytest.fixture
@@ -677,7 +681,7 @@ def test_builder_state_file(fleet: FaultFleet, record: Any, case_id: str) -> Non
     fleet.ensure_up()
     instance = fleet.instance_file()
     if damage == "store-corrupted":
-        instance.write_text('{"Name": "e2efault", "Nodes": [{"Name": \x00 garbage')
+        instance.write_text(json.dumps({"Name": fleet.builder})[:-1] + ', "Nodes": [{"Name": \x00 garbage')
     else:
         instance.unlink()
     damaged = instance.read_bytes() if instance.exists() else None
@@ -792,7 +796,9 @@ def test_no_secret_in_build_output_logs_or_json(fleet: FaultFleet, tmp_path: Pat
         "--secret", "id=tok,env=NF_SECRET", "-t", f"{registry}/e2e-faults/secret:{uuid.uuid4().hex[:8]}", "--push",
         dockerfile=dockerfile, platforms="linux/amd64,linux/arm64",
     )  # fmt: skip
+    # The credentials' DOCKER_CONFIG must also hold the variant's buildx plugin (buildx_env links it there).
     env = {**fleet.env, "NF_SECRET": secret, "DOCKER_CONFIG": str(docker_config)}
+    env.update(buildx_env(fleet.variant, docker_config))
     run = Running(fleet.argv(*args, verbose=True), env).finish(TIMEOUTS["build"])
     assert run.exit_code == (0 if outcome == "built" else 1), run.stdout + run.stderr[-3000:]
     if outcome == "built":
