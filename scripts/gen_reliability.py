@@ -2,10 +2,14 @@
 """Write docs/reliability.md from the fault matrix's results (tests/e2e/test_faults.py).
 
     python3 scripts/gen_reliability.py [--results build/reliability/results.jsonl] [--output docs/reliability.md]
+                                       [--buildx VERSION ...]
 
-The results file holds one JSON row per case run (appended by every run of the suite); the newest row of each case
-is the one shown. Every case of tests/e2e/faultmatrix.py must have a row: a case without one fails the script
-(tests/unit/test_reliability_doc.py fails the same way when the committed document lacks a case).
+The results file holds one JSON row per case run (appended by every run of the suite); each row names the buildx
+version it ran with, and the newest row of each case and version is the one shown. The suite runs the matrix with
+every buildx variant of the lab, so the document shows every version the results have (or those given with
+--buildx), one table row per case and version. Every case of tests/e2e/faultmatrix.py must have a row for every
+version shown: a case without one fails the script (tests/unit/test_reliability_doc.py fails the same way when the
+committed document lacks a case).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -48,13 +53,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def newest_per_case(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """The newest row of each case (by recorded_at; a later line wins a tie)."""
-    newest: dict[str, Mapping[str, Any]] = {}
+Results = Mapping[str, Mapping[str, Mapping[str, Any]]]  # buildx version -> case id -> row
+
+
+def newest_per_case(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """The newest row of each case, per buildx version (by recorded_at; a later line wins a tie)."""
+    newest: dict[str, dict[str, Mapping[str, Any]]] = {}
     for row in rows:
+        of_version = newest.setdefault(str(row.get("buildx")), {})
         case = str(row["case"])
-        if case not in newest or str(row.get("recorded_at", "")) >= str(newest[case].get("recorded_at", "")):
-            newest[case] = row
+        if case not in of_version or str(row.get("recorded_at", "")) >= str(of_version[case].get("recorded_at", "")):
+            of_version[case] = row
     return newest
 
 
@@ -86,31 +95,52 @@ def _saw(row: Mapping[str, Any], width: int = 180) -> str:
     return "<br>".join(f"`` {line} ``" if line else "" for line in shown) or "(nothing on stderr; JSON only)"
 
 
-def render(cases: Sequence[Any], rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """The whole document: headline, one table row per case, then the details of each case."""
-    missing = [case.id for case in cases if case.id not in rows]
-    if missing:
-        raise SystemExit(f"no results for {', '.join(missing)}: run tests/e2e/test_faults.py first")
-    shown = [rows[case.id] for case in cases]
+def _version_key(version: str) -> tuple[int, ...]:
+    """0.9.1 before 0.13.1: numbers compared as numbers."""
+    return tuple(int(number) for number in re.findall(r"\d+", version.partition("+")[0]))
+
+
+def _headline(version: str, shown: Sequence[Mapping[str, Any]]) -> str:
     kept = [row for row in shown if row.get("promise_kept")]
-    broken = [row for row in shown if not row.get("promise_kept")]
     hangs = [row for row in shown if row.get("exit_code") is None]
-    runs = sorted({str(row.get("run")) for row in shown})
-    versions = sorted({str(row.get("buildx")) for row in shown})
-    dates = sorted(str(row.get("recorded_at")) for row in shown)
     builder_ok = sum(1 for row in shown if row.get("builder_intact") is not False)
     others_ok = sum(1 for row in shown if row.get("other_hosts_intact") is not False)
+    return (
+        f"- buildx {version}: **{len(shown)} cases, promise kept in {len(kept)}, broken in {len(shown) - len(kept)}; "
+        f"{len(hangs)} hung**. Builder (buildx's store and its pins) as promised in {builder_ok} of {len(shown)}; "
+        f"the other hosts intact in {others_ok} of {len(shown)}."
+    )
+
+
+def render(cases: Sequence[Any], results: Results) -> str:
+    """The whole document: a headline per buildx version, one table row per case and version, then the details of
+    each case."""
+    if not results:
+        raise SystemExit("no results: run tests/e2e/test_faults.py first")
+    versions = sorted(results, key=_version_key)
+    for version in versions:
+        missing = [case.id for case in cases if case.id not in results[version]]
+        if missing:
+            raise SystemExit(
+                f"no results for {', '.join(missing)} with buildx {version}: run tests/e2e/test_faults.py first"
+            )
+    shown = {case.id: [(version, results[version][case.id]) for version in versions] for case in cases}
+    every = [row for pairs in shown.values() for _, row in pairs]
+    runs = sorted({str(row.get("run")) for row in every})
+    dates = sorted(str(row.get("recorded_at")) for row in every)
     lines = [
         MARKER,
         "# Reliability: nodefleet under faults",
         "",
-        f"**{len(shown)} cases, promise kept in {len(kept)}, broken in {len(broken)}; {len(hangs)} hung** "
-        f"(every command runs under an explicit timeout). Builder (buildx's store and its pins) as promised in "
-        f"{builder_ok} of {len(shown)}; the other hosts intact in {others_ok} of {len(shown)}.",
+        *(_headline(version, [results[version][case.id] for case in cases]) for version in versions),
+        "",
+        "Every command runs under an explicit timeout; a command killed at it is a hang.",
         "",
         "Each row is one case of the fault matrix in `tests/e2e/test_faults.py`, run on the lab (`lab/`: real sshd, "
         "Docker engines, BuildKit and registry in network namespaces; arm hosts under qemu-user). The fleet is "
         "three hosts in one builder: `amd64-1`, `arm64-1` (the host the faults hit) and `arm64-2` (its standby). "
+        "The whole matrix runs once per buildx version (*buildx*: the `docker buildx` that nodefleet drives), each "
+        "with a builder of its own. "
         "Commands are the real command line with `--json`; *what the user saw* is nodefleet's own stderr lines "
         "and the per-host reasons it reports (the human table prints the same reasons). *s* is the command's "
         "time, with the same command's time without a fault in parentheses. *Builder intact*: buildx's store "
@@ -121,29 +151,38 @@ def render(cases: Sequence[Any], rows: Mapping[str, Mapping[str, Any]]) -> str:
         "Regenerate with `python3 scripts/gen_reliability.py` after "
         "`.venv/bin/python -m pytest tests/e2e/test_faults.py`.",
         "",
-        "| case | command | fault | exit | s | builder intact | other hosts intact | promise kept "
+        "| case | buildx | command | fault | exit | s | builder intact | other hosts intact | promise kept "
         "| what the user saw |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for case, row in zip(cases, shown, strict=True):
-        lines.append(
-            f"| `{case.id}` | `{_cell(row.get('command', case.command))}` | {_cell(case.fault)} | {_exit(row)} "
-            f"| {_seconds(row)} | {_yes_no(row.get('builder_intact'))} | {_yes_no(row.get('other_hosts_intact'))} "
-            f"| {_yes_no(row.get('promise_kept'))} | {_saw(row)} |"
-        )
+    for case in cases:
+        for version, row in shown[case.id]:
+            lines.append(
+                f"| `{case.id}` | {_cell(version)} | `{_cell(row.get('command', case.command))}` | {_cell(case.fault)} "
+                f"| {_exit(row)} | {_seconds(row)} | {_yes_no(row.get('builder_intact'))} "
+                f"| {_yes_no(row.get('other_hosts_intact'))} | {_yes_no(row.get('promise_kept'))} | {_saw(row)} |"
+            )
     lines += ["", "## Cases in detail", ""]
-    for case, row in zip(cases, shown, strict=True):
+    for case in cases:
         lines += [f"### `{case.id}`", "", f"- fault: {case.fault}", f"- promise: {case.promise}"]
-        if row.get("builder"):
-            lines.append(f"- builder: {row['builder']}")
-        if row.get("other_hosts"):
-            lines.append(f"- other hosts: {row['other_hosts']}")
-        for later in row.get("later_runs") or []:
-            lines.append(f"- then `{later['command']}`: exit {later['exit_code']} in {later['seconds']} s")
-        lines += [f"- note: {note}" for note in row.get("notes") or []]
-        lines += [f"- **broken**: {promise}" for promise in row.get("broken") or []]
+        for version, row in shown[case.id]:
+            lines.append(f"- buildx {version}:")
+            lines += [f"  - {line}" for line in _details(row)]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _details(row: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if row.get("builder"):
+        lines.append(f"builder: {row['builder']}")
+    if row.get("other_hosts"):
+        lines.append(f"other hosts: {row['other_hosts']}")
+    for later in row.get("later_runs") or []:
+        lines.append(f"then `{later['command']}`: exit {later['exit_code']} in {later['seconds']} s")
+    lines += [f"note: {note}" for note in row.get("notes") or []]
+    lines += [f"**broken**: {promise}" for promise in row.get("broken") or []]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,14 +190,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=matrix.results_file())
     parser.add_argument("--output", type=Path, default=matrix.DOC)
+    parser.add_argument(
+        "--buildx", action="append", metavar="VERSION", help="show only this buildx version (repeatable)"
+    )
     args = parser.parse_args(argv)
     if not args.results.is_file():
         print(f"{args.results}: no results; run tests/e2e/test_faults.py first", file=sys.stderr)
         return 1
-    text = render(matrix.CASES, newest_per_case(read_rows(args.results)))
+    results = newest_per_case(read_rows(args.results))
+    if args.buildx:
+        results = {version: results.get(version, {}) for version in args.buildx}
+    text = render(matrix.CASES, results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
-    print(f"wrote {args.output} ({len(matrix.CASES)} cases)")
+    print(f"wrote {args.output} ({len(matrix.CASES)} cases, buildx {', '.join(sorted(results))})")
     return 0
 
 
