@@ -25,10 +25,14 @@ SLOW = "ARG BASE\nFROM ${BASE}\nARG NONCE\nRUN echo start $NONCE && sleep 40 && 
 
 
 @pytest.fixture(scope="module")
-def watched(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+def watched(
+    lab: Any, buildx_variant: str, buildx: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """Runs with both buildx variants (conftest.py), each with its own builder name and buildx store."""
     root = tmp_path_factory.mktemp("watch")
-    inventory = write_inventory(lab, root / "inventory.toml", "e2ewatch", HOSTS, connect_timeout=CONNECT_TIMEOUT)
-    env = {"NODEFLEET_STATE_DIR": str(root / "state")}
+    builder = f"e2ewatch-{buildx_variant}"
+    inventory = write_inventory(lab, root / "inventory.toml", builder, HOSTS, connect_timeout=CONNECT_TIMEOUT)
+    env = {"NODEFLEET_STATE_DIR": str(root / "state"), **buildx}
     up = nodefleet("up", "--json", "-i", str(inventory), env=env)
     assert up.exit_code == 0, up.stdout + up.stderr
     yield inventory, env
