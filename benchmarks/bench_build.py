@@ -8,6 +8,9 @@ it starts the lab (`amd64,arm64:2,arm/v7`) if needed and leaves it running.
 - time to fail closed when the only host of a requested platform is partitioned (and plain buildx's time to fail);
 - time to reroute to the second arm64 host when the first is partitioned.
 
+Before each timed command the script waits (at most 90 s) until the machine is nearly idle: a freshly started
+BuildKit on the lab's emulated arm hosts burns CPU for a while, which real arm boards do not.
+
     python3 benchmarks/bench_build.py --runs 5
 """
 
@@ -30,7 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "lab"))
 from tests.e2e.fleetlib import lab_data, write_inventory  # noqa: E402
 
-from benchlib import compile_nodefleet, labctl, median  # noqa: E402
+from benchlib import compile_nodefleet, labctl, median, settle  # noqa: E402
 from labkit.core import LOCK_FILE  # noqa: E402
 
 NODEFLEET = [sys.executable, "-m", "nodefleet"]
@@ -93,7 +96,9 @@ def cached_overhead(lab: dict[str, Any], work: Path, runs: int, context: Path, b
         run(nf_argv, bench.env, check=True)
         plain, ours = [], []
         for _ in range(runs):
+            settle()
             plain.append(run(plain_argv, check=True)[0])
+            settle()
             ours.append(run(nf_argv, bench.env, check=True)[0])
         results[name] = {
             "plain_buildx_s": median(plain),

@@ -4,6 +4,9 @@
 Prints one JSON document. Not a test: targets are reported, never asserted. Needs root and the lab's
 packages; it starts the lab with the hosts it needs (`--hosts`), and leaves it running.
 
+Before each timed command the script waits (at most 90 s) until the machine is nearly idle: a freshly started
+BuildKit on the lab's emulated arm hosts burns CPU for a while, which real arm boards do not.
+
     python3 benchmarks/bench_fleet.py --hosts amd64,arm64,arm/v7 --runs 3
     python3 benchmarks/bench_fleet.py --hosts amd64:20 --runs 3
 """
@@ -23,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.e2e.fleetlib import lab_data, write_inventory  # noqa: E402
 
-from benchlib import compile_nodefleet, labctl, median  # noqa: E402
+from benchlib import compile_nodefleet, labctl, median, settle  # noqa: E402
 
 LAB_DIR = Path(os.environ.get("NODEFLEET_LAB_DIR", "/var/lib/nodefleet-lab"))
 NODEFLEET = [sys.executable, "-m", "nodefleet"]
@@ -84,10 +87,14 @@ def main() -> None:
     results["help_s"] = median(help_samples)
 
     cold, warm, status_ok, status_down, plain = [], [], [], [], []
+    settled: list[float] = []
     for _ in range(args.runs):
         timed([*NODEFLEET, "down", *inv])
+        settled.append(settle())
         cold.append(timed([*NODEFLEET, "up", *inv], check=True))
+        settled.append(settle())  # the new BuildKit containers start up (slowly, where emulated)
         warm.append(timed([*NODEFLEET, "up", *inv], check=True))
+        settled.append(settle())
         status_ok.append(timed([*NODEFLEET, "status", *inv], check=True))
         labctl("fault", names[-1], "net-cut")
         try:
@@ -97,6 +104,7 @@ def main() -> None:
     timed([*NODEFLEET, "down", *inv])
     for run in range(args.runs):
         builder = f"benchplain{run}"
+        settled.append(settle())
         plain.append(plain_buildx(builder, lab, names))
         subprocess.run(["docker", "buildx", "rm", "--force", builder], capture_output=True, check=False)
     results.update(
@@ -106,6 +114,7 @@ def main() -> None:
         status_one_down_s=median(status_down),
         connect_timeout_s=5,
         plain_buildx_create_append_bootstrap_s=median(plain),
+        settle_waits_s=settled,
         samples={"up_cold": cold, "up_warm": warm, "status": status_ok, "status_down": status_down, "plain": plain},
     )
     print(json.dumps(results, indent=2))
