@@ -128,7 +128,7 @@ def node_health_script(container: str, known: str | None = None) -> str:
         f"    info=$(docker exec {quoted} buildkitd --version 2>/dev/null)\n"
         "  nl='\n'\n"
         '  echo "buildkit=${info%%$nl*}"\n'
-        f"  echo \"workers=$(docker exec {quoted} buildctl debug workers --format '{{{{json .}}}}' 2>/dev/null)\"\n"
+        f"  {node_workers_script(container)}"
         "fi\n"
     )
 

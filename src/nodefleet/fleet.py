@@ -268,8 +268,7 @@ async def _probe(work: _HostWork, inventory: Inventory, cache: WorkerCache, *, i
     async def go() -> None:
         session = work.need_session()
         key = _cache_key(work)
-        cached = cache.get(key)
-        script = probe_script(buildx.container_name(work.host.name), image=image, known=cached[0] if cached else None)
+        script = probe_script(buildx.container_name(work.host.name), image=image, known=cache.instance(key))
         output = await session.run(script, timeout=inventory.defaults.command_timeout, check=True)
         work.health = _with_cache(parse_node_health(output.stdout), cache, key)
         work.image_present = parse_image_present(output.stdout) if image else None
@@ -335,8 +334,7 @@ async def _check_health(work: _HostWork, inventory: Inventory, cache: WorkerCach
     async def go() -> None:
         session = work.need_session()
         key = _cache_key(work)
-        cached = cache.get(key)
-        script = node_health_script(buildx.container_name(work.host.name), cached[0] if cached else None)
+        script = node_health_script(buildx.container_name(work.host.name), cache.instance(key))
         output = await session.run(script, timeout=inventory.defaults.command_timeout)
         work.health = _with_cache(parse_node_health(output.stdout), cache, key)
 
@@ -724,8 +722,7 @@ async def _status_host(
             work.result.pinned = node.platforms
             work.result.role = "primary" if node.platforms else "standby"
         await _probe(work, inventory, cache)
-        if work.result.status != "failed":
-            await _take_openssh(work, openssh)
+        await _take_openssh(work, openssh)  # skipped (and stopped below) when the host already failed
     finally:
         await _stop(openssh)
     if node is None and work.result.status != "failed":

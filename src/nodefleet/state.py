@@ -151,6 +151,11 @@ class WorkerCache:
         version = entry.get("buildkit")
         return str(entry["instance"]), str(version) if version else None, tuple(str(p) for p in workers)
 
+    def instance(self, key: str) -> str | None:
+        """The container instance whose answers are recorded under `key`, if any: the one not to ask again."""
+        cached = self.get(key)
+        return cached[0] if cached else None
+
     def put(self, key: str, instance: str, version: str | None, workers: tuple[str, ...]) -> None:
         """Record what the BuildKit of this container instance said."""
         entries = self._load()
