@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +112,15 @@ async def ssh_server(tmp_path: Path) -> AsyncIterator[Server]:
     yield server
     acceptor.close()
     await acceptor.wait_closed()
+
+
+@pytest.fixture
+def silent_target() -> Iterator[SSHTarget]:
+    """A host that accepts TCP and never speaks SSH (connect timeout 1 s)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        yield SSHTarget("silent", "127.0.0.1", port=listener.getsockname()[1], connect_timeout=1.0)
+    finally:
+        listener.close()

@@ -16,6 +16,17 @@ CONTAINER_ID = "c0ffee" * 10 + "abcd"
 WORKERS = '[{"id":"w1","platforms":[{"architecture":"amd64","os":"linux"},{"architecture":"386","os":"linux"}]}]'
 
 
+def _inventory(ssh_server: Server, tmp_path: Path, host_extra: str = "") -> Path:
+    """One host, the in-process SSH server, with the test's key and known_hosts."""
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        f'[defaults]\nuser = "tester"\nidentity_file = "{ssh_server.client_key_path}"\n'
+        f'known_hosts = "{ssh_server.known_hosts}"\nconnect_timeout = 2\n'
+        f'[[hosts]]\nname = "local"\naddress = "127.0.0.1"\nport = {ssh_server.port}\n{host_extra}'
+    )
+    return path
+
+
 def _stub_docker(folder: Path, state: str) -> None:
     folder.mkdir(exist_ok=True)
     docker = folder / "docker"
@@ -35,12 +46,7 @@ async def test_check_node_judges_a_running_container_by_its_workers(
     ssh_server.trust()
     _stub_docker(tmp_path / "bin", state)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")  # the server's sessions inherit it
-    path = tmp_path / "inventory.toml"
-    path.write_text(
-        f'[defaults]\nuser = "tester"\nidentity_file = "{ssh_server.client_key_path}"\n'
-        f'known_hosts = "{ssh_server.known_hosts}"\nconnect_timeout = 2\n'
-        f'[[hosts]]\nname = "local"\naddress = "127.0.0.1"\nport = {ssh_server.port}\nplatforms = ["linux/amd64"]\n'
-    )
+    path = _inventory(ssh_server, tmp_path, 'platforms = ["linux/amd64"]\n')
     inventory = load_inventory(path)
     check = await fleet.check_node(inventory, inventory.hosts[0])
     assert check.healthy is healthy, check.result
@@ -58,12 +64,7 @@ async def test_down_says_in_one_line_why_a_container_could_not_be_removed(
     """The session has no engine: the host is failed (not falsely removed), with the engine's own words."""
     ssh_server.trust()
     monkeypatch.setenv("BUILDX_CONFIG", str(tmp_path / "buildx"))
-    path = tmp_path / "inventory.toml"
-    path.write_text(
-        f'[defaults]\nuser = "tester"\nidentity_file = "{ssh_server.client_key_path}"\n'
-        f'known_hosts = "{ssh_server.known_hosts}"\nconnect_timeout = 2\n'
-        f'[[hosts]]\nname = "local"\naddress = "127.0.0.1"\nport = {ssh_server.port}\n'
-    )
+    path = _inventory(ssh_server, tmp_path)
     report = await fleet.down(load_inventory(path), fleet.FleetOptions(state_dir=tmp_path / "state"))
     (host,) = report.hosts
     assert report.exit_code == 1 and host.status == "failed"
@@ -80,12 +81,7 @@ async def test_status_with_an_unreadable_builder_file_says_so_and_changes_nothin
     instance = tmp_path / "buildx" / "instances" / "nodefleet"
     instance.parent.mkdir(parents=True)
     instance.write_text('{"Name": "nodefleet", "Nodes": [ garbage')
-    path = tmp_path / "inventory.toml"
-    path.write_text(
-        f'[defaults]\nuser = "tester"\nidentity_file = "{ssh_server.client_key_path}"\n'
-        f'known_hosts = "{ssh_server.known_hosts}"\nconnect_timeout = 2\n'
-        f'[[hosts]]\nname = "local"\naddress = "127.0.0.1"\nport = {ssh_server.port}\n'
-    )
+    path = _inventory(ssh_server, tmp_path)
     report = await fleet.status(load_inventory(path), fleet.FleetOptions(state_dir=tmp_path / "state"))
     assert report.exit_code == 1
     (note,) = report.notes
@@ -129,20 +125,3 @@ async def test_a_session_closed_without_exit_status_is_a_lost_connection_in_one_
         acceptor.close()
     message = str(CommandError("echo one\n  echo two\n", None, "timed out after 5 s"))
     assert message == "`echo one …` failed: timed out after 5 s"
-
-
-async def test_a_silent_host_says_how_long_it_was_given() -> None:
-    import socket
-
-    from nodefleet.errors import TransientSSHError
-    from nodefleet.ssh import SSHTarget, open_session
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)  # accepts TCP, never speaks SSH
-    try:
-        target = SSHTarget("silent", "127.0.0.1", port=listener.getsockname()[1], connect_timeout=1.0)
-        with pytest.raises(TransientSSHError, match=r"timed out or dropped \(no answer within 1 s\)$"):
-            await open_session(target, attempts=1)
-    finally:
-        listener.close()
