@@ -224,8 +224,9 @@ def node_workers_script(container: str) -> str:
 
 def parse_node_check(output: str) -> tuple[str | None, str, str | None]:
     """(container id, state, engine problem) from node_check_script's output."""
-    line = next((text for text in output.splitlines() if text.startswith("container=")), "container=")
-    value = line.partition("=")[2].strip()
+    # The inspect is the script's last output, and docker may print an empty line before its error (Docker 26 does
+    # for a missing object): everything after "container=" is its answer.
+    value = " ".join(output.partition("container=")[2].split())
     words = value.split()
     if len(words) == 2 and len(words[0]) == 64 and all(char in "0123456789abcdef" for char in words[0]):
         return words[0], words[1], None

@@ -529,6 +529,8 @@ def test_merge_metadata() -> None:
         ("machine=x\ncontainer=" + "a" * 64 + " running\n", ("a" * 64, "running", None)),
         ("container=" + "b" * 64 + " exited\n", ("b" * 64, "exited", None)),
         ("container=Error: No such object: buildx_buildkit_x\n", (None, "missing", None)),
+        # Docker 26: an empty line on stdout, then the error on stderr (captured with 2>&1).
+        ("container=\nError: No such object: buildx_buildkit_x\n", (None, "missing", None)),
     ],
 )
 def test_parse_node_check(output: str, expected: tuple[str | None, str, str | None]) -> None:
