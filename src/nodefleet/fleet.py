@@ -411,14 +411,14 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
         changed = await _apply(inventory, options, state, works, stored, changes, specs, notes)
         removed = await _remove_hosts(inventory, options, stored, changes)
         await _bounded(limit, [partial(_recreate_if_needed, w, changes, inventory) for w in works])
-        await _bootstrap_and_check(inventory, options, works, changed, notes, cache)
+        started = await _bootstrap_and_check(inventory, options, works, changed, notes, cache)
     finally:
         cache.save()
         await _close_all(works)
     for work in works:
         work.finish()
     results = [work.result for work in works] + removed + _disabled_results(inventory)
-    return FleetReport("up", inventory.builder, results, changed=changed or bool(removed), notes=notes)
+    return FleetReport("up", inventory.builder, results, changed=changed or started or bool(removed), notes=notes)
 
 
 async def _prepare_host(work: _HostWork, inventory: Inventory, options: FleetOptions, cache: WorkerCache) -> None:
@@ -629,12 +629,15 @@ async def _bootstrap_and_check(
     changed: bool,
     notes: list[str],
     cache: WorkerCache,
-) -> None:
+) -> bool:
+    """Start what is not running, then check every node; True when a node's BuildKit container was (re)started
+    although its node did not change (it had stopped or been removed): reported as the action `start`."""
     limit = _parallel(inventory, options)
     ready = [work for work in works if work.ready]
     # The probe's health stands for a container nothing touched since.
     await _bounded(limit, [partial(_check_health, w, inventory, cache) for w in ready if w.health is None])
-    needs_boot = changed or any(w.health is None or w.health.state != "running" for w in ready)
+    stopped = {work.host.name for work in ready if work.health is None or work.health.state != "running"}
+    needs_boot = changed or bool(stopped)
     if needs_boot and ready:
         for work in ready:
             options.progress(work.host.name, "starting BuildKit")
@@ -646,8 +649,14 @@ async def _bootstrap_and_check(
             # Per-node health below says which nodes did not start; keep buildx's words as a note.
             notes.append(f"buildx inspect --bootstrap: {exc}")
         await _bounded(limit, [partial(_check_health, w, inventory, cache) for w in ready])
+    started = False
     for work in works:
         _judge_health(work)
+        running = work.health is not None and work.health.state == "running"
+        if work.host.name in stopped and running and work.result.action in {"none", Action.KEEP.value}:
+            work.result.action = "start"
+            started = True
+    return started
 
 
 # ---------------------------------------------------------------------------------------------- status

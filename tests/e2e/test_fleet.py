@@ -72,6 +72,27 @@ def test_second_up_changes_nothing(lab: Any, buildx: dict[str, str], fleet_inven
     assert "no change" in human.stdout
 
 
+def test_removed_buildkit_container_is_reported_and_started_again(
+    lab: Any, buildx: dict[str, str], fleet_inventory: Any
+) -> None:
+    path, _ = fleet_inventory
+    host_docker(lab, "amd64-1", "rm", "-f", "buildx_buildkit_amd64-1")
+    status = nodefleet("status", "-i", str(path), "--json", env=buildx)
+    assert status.exit_code == 1
+    assert status.hosts()["amd64-1"]["status"] == "failed" and "missing" in status.hosts()["amd64-1"]["error"]
+    build = nodefleet("build", "-i", str(path), "--platform", "linux/amd64", str(path.parent), env=buildx)
+    assert build.exit_code == 1 and "buildx_buildkit_amd64-1 is missing" in build.stdout + build.stderr, build.stderr
+    again = nodefleet("up", "-i", str(path), "--json", env=buildx)
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert again.json["changed"] is True
+    assert {h["name"]: h["action"] for h in again.json["hosts"]} == {
+        "amd64-1": "start",
+        "arm64-1": "keep",
+        "armv7-1": "keep",
+    }
+    assert container_id(lab, "amd64-1", "amd64-1")
+
+
 def test_status_human_table(buildx: dict[str, str], fleet_inventory: Any) -> None:
     path, _ = fleet_inventory
     run = nodefleet("status", "-i", str(path), env=buildx)
