@@ -3,7 +3,8 @@
 Each platform gets one `docker buildx build` on a single-node builder (`<builder>--<node>`, sharing the node's
 BuildKit container and cache), pinned to that platform so buildx's strict first pass routes it and never an
 emulating node. Pushes go by digest and `docker buildx imagetools create` assembles the index, so every platform
-has its own node, timing, failover and cache ref.
+has its own node, timing, failover and cache ref. buildx reaches each node through nodefleet's own SSH session
+(nodefleet.gateway), and is started before the health checks answer, waiting at the node's shut door.
 
 The command line and the argv (nodefleet.buildargs), node choice (nodefleet.routing), reading buildx's output
 (nodefleet.buildoutput) and the report (nodefleet.buildreport) are pure and table-tested. The options and the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -44,6 +46,7 @@ from nodefleet.buildoutput import FailureKind, StepCounter, classify_failure, er
 from nodefleet.buildreport import Attempt, BuildReport, PlatformResult
 from nodefleet.buildstate import BuildOptions, BuildRecord
 from nodefleet.errors import CommandError, NodefleetError, UsageError
+from nodefleet.gateway import Gateway, buildx_environment, socket_path
 from nodefleet.inventory import Inventory
 from nodefleet.platforms import same_architecture
 from nodefleet.routing import (
@@ -57,8 +60,8 @@ from nodefleet.routing import (
     retry_node,
     select_nodes,
 )
-from nodefleet.ssh import open_session
-from nodefleet.state import BuilderState, default_state_dir
+from nodefleet.ssh import Session, open_session
+from nodefleet.state import BuilderState, default_state_dir, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,12 @@ async def _run_streaming(
     inherit_stderr: bool,
     abort: asyncio.Event | None = None,
     lost: asyncio.Future[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    hold: asyncio.Future[bool] | None = None,
 ) -> _Run:
     """Run buildx, passing each progress line on as it comes; killed (with its process group) on abort, on cancel,
-    or when `lost` answers (the node stopped answering: its reason is kept in the result)."""
+    or when `lost` answers (the node stopped answering: its reason is kept in the result). With `hold`, its lines
+    are kept back until `hold` answers True (a buildx started before its node was chosen), and dropped otherwise."""
     log.debug("run %s", shlex.join(argv))
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
@@ -98,12 +104,14 @@ async def _run_streaming(
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=None if options.inherit_stdout else asyncio.subprocess.PIPE,
         stderr=None if inherit_stderr else asyncio.subprocess.PIPE,
+        env=dict(env) if env is not None else None,
         start_new_session=True,
         limit=1 << 20,
     )
     lines: deque[str] = deque(maxlen=400)
     counter = StepCounter()
     stdout = bytearray()
+    show = _Shown(options, label, hold)
 
     async def feed() -> None:
         if process.stdin is not None and stdin is not None:
@@ -119,7 +127,7 @@ async def _run_streaming(
             line = raw.decode(errors="replace").rstrip("\r\n")
             lines.append(line)
             counter.feed(line)
-            options.progress(label, line)
+            show.line(line)
 
     async def read_out() -> None:
         if process.stdout is not None:
@@ -162,6 +170,50 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, 9)
 
 
+class _Shown:
+    """Passes a buildx's progress lines on, or, while `hold` has not answered, keeps them back: shown when it answers
+    True, dropped when it answers False."""
+
+    def __init__(self, options: BuildOptions, label: str, hold: asyncio.Future[bool] | None) -> None:
+        self.options = options
+        self.label = label
+        self.held: list[str] | None = None
+        if hold is not None and not hold.done():
+            self.held = []
+            hold.add_done_callback(self._decided)
+
+    def line(self, line: str) -> None:
+        if self.held is not None:
+            self.held.append(line)
+        else:
+            self.options.progress(self.label, line)
+
+    def _decided(self, hold: asyncio.Future[bool]) -> None:
+        if self.held is not None and not hold.cancelled() and hold.result():
+            held, self.held = self.held, None
+            for line in held:
+                self.options.progress(self.label, line)
+
+
+@dataclass
+class _Early:
+    """A platform's buildx started before its node was chosen: it waits at the node's shut door, its output held."""
+
+    node: str
+    count: int  # platforms in the build it was started for
+    builder: str
+    hold: asyncio.Future[bool]
+    lost: asyncio.Future[str]
+    task: asyncio.Task[_Run]
+
+    async def drop(self) -> None:
+        """Not used after all: its output is dropped and its buildx stopped."""
+        if not self.hold.done():
+            self.hold.set_result(False)
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
 class _Build:
     """One `nodefleet build` in progress: inventory, request, the record, helper builders."""
 
@@ -177,6 +229,97 @@ class _Build:
         self.abort = asyncio.Event()
         self.views: dict[str, NodeView] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="nodefleet-build-"))
+        self.state_dir = state_dir
+        self.gateways: dict[str, Gateway | None] = {}  # None: another build serves that node's door now
+        self.gateway_env = buildx_environment(state_dir)
+        self.early: dict[str, _Early] = {}  # by platform: buildx started before the checks answered
+        self.used: dict[str, tuple[str, Mapping[str, str] | None]] = {}  # node: the builder (and env) it built with
+        self.session_lock = asyncio.Lock()
+
+    async def serve(self, node: str) -> Gateway | None:
+        """The node's door, served from now on by this build (shut until opened); None when it cannot be."""
+        if node not in self.gateways:
+            gateway = Gateway(node, socket_path(self.state_dir, self.inventory.builder, node))
+            try:
+                served = await gateway.start()
+            except OSError as exc:
+                log.debug("%s: cannot serve its gateway: %s", node, exc)
+                served = False
+            if not served:
+                await gateway.close()
+            self.gateways[node] = gateway if served else None
+        return self.gateways[node]
+
+    def gateway_spec(self, node: str, platforms: tuple[str, ...], gateway: Gateway) -> buildx.NodeSpec:
+        """The node of its gateway helper: the node as `up` makes it, reached through the door."""
+        spec = fleet.node_spec(self.hosts[node], platforms, self.config, self.digest)
+        return replace(spec, endpoint=f"unix://{gateway.path}")
+
+    def gateway_ready(self, node: str, platforms: tuple[str, ...], record: Mapping[str, Any]) -> str | None:
+        """The node's gateway helper when it is there as this build would make it (so buildx may start at once)."""
+        name = fleet.helper_builder_name(self.inventory.builder, node)
+        path = socket_path(self.state_dir, self.inventory.builder, node)
+        if (record["gateways"].get(name) or {}).get("config_digest") != self.digest or not platforms:
+            return None
+        try:
+            stored = buildx.read_store(name, self.gateway_env)
+        except buildx.CorruptStoreError:
+            return None
+        spec = replace(
+            fleet.node_spec(self.hosts[node], platforms, self.config, self.digest), endpoint=f"unix://{path}"
+        )
+        return name if stored is not None and _same_node(stored, spec) else None
+
+    async def gateway_helper(self, node: str, gateway: Gateway) -> str:
+        """The node's gateway helper in nodefleet's private buildx store, made (or made again) when needed; its door
+        must be open, as buildx connects when it makes a builder."""
+        name = fleet.helper_builder_name(self.inventory.builder, node)
+        spec = self.gateway_spec(node, self.views[node].platforms, gateway)
+        env = self.gateway_env
+        private_dir(Path(env["BUILDX_CONFIG"]))
+        async with self.helper_lock, self.record.update() as record:
+            stored = buildx.read_store(name, env)
+            recorded = (record["gateways"].get(name) or {}).get("config_digest")
+            if stored is not None and _same_node(stored, spec) and recorded == self.digest:
+                return name
+            if stored is not None:
+                await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=120, env=env)
+            timeout = self.inventory.defaults.connect_timeout * 2 + 60
+            await buildx.run_local(buildx.create_argv(name, spec, append=False), timeout=timeout, env=env)
+            record["gateways"][name] = {"config_digest": self.digest}
+        return name
+
+    async def session(self, checks: Checks, node: str) -> Session:
+        """An open SSH session to the node: the one its health check kept, or a new one."""
+        async with self.session_lock:
+            session = checks.session(node)
+            if session is None:
+                interval = self.inventory.defaults.connect_timeout
+                target = fleet.ssh_target(self.inventory, self.hosts[node])
+                session = await open_session(target, attempts=2, budget=2 * interval + 1)
+                checks.adopt(node, session)
+            return session
+
+    async def builder_for(self, node: str, checks: Checks) -> tuple[str, Mapping[str, str] | None]:
+        """The builder a platform's buildx uses on `node` (and its environment): the node's gateway helper when this
+        build serves its door, else the `ssh://` helper."""
+        gateway = await self.serve(node)
+        if gateway is not None:
+            try:
+                gateway.open(await self.session(checks, node))
+                self.used[node] = (await self.gateway_helper(node, gateway), self.gateway_env)
+                return self.used[node]
+            except (NodefleetError, OSError) as exc:
+                log.debug("%s: gateway helper not usable (%s); using the ssh:// helper", node, exc)
+        self.used[node] = (await self.helper(node), None)
+        return self.used[node]
+
+    async def close_gateways(self) -> None:
+        """Stop every buildx started early that was not used, then stop serving the doors."""
+        early = list(self.early.values())
+        self.early.clear()
+        await asyncio.gather(*(item.drop() for item in early))
+        await asyncio.gather(*(gateway.close() for gateway in self.gateways.values() if gateway is not None))
 
     async def helper(self, node: str) -> str:
         """The node's single-node builder, created (or re-created when the inventory changed) on first use."""
@@ -284,6 +427,7 @@ async def _build(job: _Build, report: BuildReport) -> None:
     checks.start(view for view in base if view.name in wanted)
     hint = f"inventory {job.inventory.path}"
     try:
+        await _start_early(job, base, record)
         selection = await checks.settle(
             base,
             lambda views, grace: select_nodes(
@@ -300,11 +444,74 @@ async def _build(job: _Build, report: BuildReport) -> None:
         check_outputs(request, len(selection.choices))
         report.platforms = [_result_for(job, choice) for choice in selection.choices]
         await job.mark_used(choice.node for choice in selection.choices)
+        await _open_doors(job, checks, selection)
         await _run_split(job, report, selection, checks)
         await job.remember(checks.checked())  # checks that answered during the build, so they are quick next time
     finally:
         report.nodes = checks.results()
+        await job.close_gateways()
         await checks.close()
+
+
+async def _start_early(job: _Build, base: Sequence[NodeView], record: Mapping[str, Any]) -> None:
+    """Start each platform's buildx at once on the node it goes to if the checks all pass, through that node's door,
+    which opens only once the build has chosen the node: buildx's own start-up then overlaps the checks."""
+    request = job.request
+    if request.allow_emulation:
+        return
+    optimistic = [replace(view, health=Health.HEALTHY) for view in base]
+    provisional = select_nodes(optimistic, request.platforms, allow_emulation=False, grace_over=True, hint="")
+    if provisional.refused or provisional.pending or not provisional.choices:
+        return
+    count = len(provisional.choices)
+    progress, inherit = progress_mode(request, count)
+    if inherit:  # buildx writes to the terminal itself: its output cannot be held back
+        return
+    views = {view.name: view for view in base}
+    loop = asyncio.get_running_loop()
+    for choice in provisional.choices:
+        name = job.gateway_ready(choice.node, views[choice.node].platforms, record)
+        if name is None or await job.serve(choice.node) is None:
+            continue
+        metadata = job.tmp / f"{platform_slug(choice.platform)}-1.json"
+        argv = platform_argv(
+            request, choice.platform, name, platforms=count, metadata_file=str(metadata), progress=progress
+        )
+        hold: asyncio.Future[bool] = loop.create_future()
+        lost: asyncio.Future[str] = loop.create_future()
+        run = _run_streaming(
+            argv,
+            label=choice.platform if count > 1 else "",
+            options=job.options,
+            stdin=request.stdin,
+            inherit_stderr=False,
+            abort=job.abort,
+            lost=lost,
+            env=job.gateway_env,
+            hold=hold,
+        )
+        job.early[choice.platform] = _Early(choice.node, count, name, hold, lost, asyncio.ensure_future(run))
+
+
+async def _open_doors(job: _Build, checks: Checks, selection: Selection) -> None:
+    """The nodes are chosen: drop each buildx started early for another node, open the chosen nodes' doors (a
+    buildx waiting there goes on), and shut the others for good."""
+    chosen = {choice.platform: choice.node for choice in selection.choices}
+    for platform, early in list(job.early.items()):
+        if chosen.get(platform) != early.node or early.count != len(selection.choices):
+            del job.early[platform]
+            await early.drop()
+    for node, gateway in job.gateways.items():
+        if gateway is None:
+            continue
+        if node not in chosen.values():
+            gateway.refuse()
+            continue
+        try:
+            gateway.open(await job.session(checks, node))
+        except NodefleetError as exc:
+            log.debug("%s: no session for its door: %s", node, exc)
+            gateway.refuse()
 
 
 def _tell_routing(job: _Build, selection: Selection) -> None:
@@ -419,31 +626,48 @@ async def _attempt(
     progress: str,
     inherit: bool,
 ) -> None:
-    try:
-        helper = await job.helper(attempt.node)
-    except (NodefleetError, OSError) as exc:
-        attempt.status = "failed"
-        attempt.error = f"cannot prepare the builder for {attempt.node}: {exc}"
-        attempt.error_kind = FailureKind.INFRASTRUCTURE
-        return
+    early = job.early.pop(platform, None) if len(result.attempts) == 1 else None
+    if early is not None and early.node != attempt.node:
+        await early.drop()
+        early = None
+    env: Mapping[str, str] | None = None
+    if early is None:
+        try:
+            builder, env = await job.builder_for(attempt.node, checks)
+        except (NodefleetError, OSError) as exc:
+            attempt.status = "failed"
+            attempt.error = f"cannot prepare the builder for {attempt.node}: {exc}"
+            attempt.error_kind = FailureKind.INFRASTRUCTURE
+            return
+    else:
+        job.used[attempt.node] = (early.builder, job.gateway_env)
     metadata = job.tmp / f"{platform_slug(platform)}-{len(result.attempts)}.json"
-    argv = platform_argv(job.request, platform, helper, platforms=count, metadata_file=str(metadata), progress=progress)
     mode = "under emulation (QEMU)" if result.emulated else "natively"
     job.options.notice(f"{platform}: building {mode} on {attempt.node}")
     watch = asyncio.ensure_future(_watch(job, checks, attempt.node))
     try:
-        run = await _run_streaming(
-            argv,
-            label=label,
-            options=job.options,
-            stdin=job.request.stdin,
-            inherit_stderr=inherit,
-            abort=job.abort,
-            lost=watch,
-        )
+        if early is not None:
+            watch.add_done_callback(functools.partial(_pass_on, early.lost))
+            early.hold.set_result(True)
+            run = await early.task
+        else:
+            argv = platform_argv(
+                job.request, platform, builder, platforms=count, metadata_file=str(metadata), progress=progress
+            )
+            run = await _run_streaming(
+                argv,
+                label=label,
+                options=job.options,
+                stdin=job.request.stdin,
+                inherit_stderr=inherit,
+                abort=job.abort,
+                lost=watch,
+                env=env,
+            )
     finally:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
+    log.debug("%s on %s: exit %s after %.2f s", platform, attempt.node, run.exit_status, run.seconds)
     attempt.seconds = run.seconds
     result.seconds = run.seconds
     if run.counts is not None:
@@ -466,20 +690,27 @@ async def _attempt(
     attempt.error_kind = classify_failure(attempt.error)
 
 
+def _pass_on(target: asyncio.Future[str], source: asyncio.Future[str]) -> None:
+    """Give an early buildx's `lost` what the node's watch answered (nothing when the watch was stopped)."""
+    if target.done() or source.cancelled():
+        return
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
+
+
 async def _watch(job: _Build, checks: Checks, node: str) -> str:
     """Return when the node stops answering, with what to say. buildx's SSH has no keepalive, so a node cut off
     mid-build would hold its build until TCP gives up; beside each build nodefleet keeps an SSH session to the node
     (the one its health check opened) with keepalives every connect_timeout seconds, and gives the node up after
     WATCH_MISSES unanswered: the attempt fails as an infrastructure error and is retried once on another node."""
     interval = job.inventory.defaults.connect_timeout
-    session = checks.session(node)
-    if session is None:
-        target = fleet.ssh_target(job.inventory, job.hosts[node])
-        try:
-            session = await open_session(target, attempts=2, budget=2 * interval + 1)
-        except NodefleetError as exc:
-            return f"{node} stopped answering when its build started: {exc}"
-        checks.adopt(node, session)
+    try:
+        session = await job.session(checks, node)
+    except NodefleetError as exc:
+        return f"{node} stopped answering when its build started: {exc}"
     session.keep_alive(interval, WATCH_MISSES)
     await session.wait_lost()
     return f"{node} stopped answering: no SSH answer for {interval * WATCH_MISSES:g} s (keepalives); build stopped"
@@ -497,11 +728,12 @@ async def _assemble_index(job: _Build, report: BuildReport) -> None:
             report.failure = f"{result.platform}: buildx's metadata has no containerimage.digest; nothing to assemble"
             return
         sources.append(f"{repo}@{digest}")
-    helper = await job.helper(report.platforms[0].node or "")
+    node = report.platforms[0].node or ""
+    helper, env = job.used.get(node) or (await job.helper(node), None)
     job.options.notice(f"assembling the index {', '.join(names)} from {len(sources)} platforms")
     try:
-        await _run_logged(job, imagetools_create_argv(helper, names, sources))
-        inspected = await buildx.run_local(imagetools_inspect_argv(helper, names[0]), timeout=120)
+        await _run_logged(job, imagetools_create_argv(helper, names, sources), env)
+        inspected = await buildx.run_local(imagetools_inspect_argv(helper, names[0]), timeout=120, env=env)
     except CommandError as exc:
         report.failure = f"assembling the index failed: {exc}"
         return
@@ -514,9 +746,14 @@ async def _assemble_index(job: _Build, report: BuildReport) -> None:
             report.failure = f"the pushed index {names[0]} has no {result.platform} manifest"
 
 
-async def _run_logged(job: _Build, argv: list[str]) -> None:
+async def _run_logged(job: _Build, argv: list[str], env: Mapping[str, str] | None) -> None:
     run = await _run_streaming(
-        argv, label="index", options=replace(job.options, inherit_stdout=False), stdin=None, inherit_stderr=False
+        argv,
+        label="index",
+        options=replace(job.options, inherit_stdout=False),
+        stdin=None,
+        inherit_stderr=False,
+        env=env,
     )
     if run.exit_status != 0:
         raise CommandError(shlex.join(argv), run.exit_status, "\n".join(run.lines))

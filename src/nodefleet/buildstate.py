@@ -54,11 +54,11 @@ class BuildRecord:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return {"version": RECORD_VERSION, "nodes": {}, "helpers": {}}
+            data = None
         if not isinstance(data, dict):
-            return {"version": RECORD_VERSION, "nodes": {}, "helpers": {}}
-        data.setdefault("nodes", {})
-        data.setdefault("helpers", {})
+            data = {"version": RECORD_VERSION}
+        for key in ("nodes", "helpers", "gateways"):  # gateways: the helper builders behind nodefleet.gateway
+            data.setdefault(key, {})
         return data
 
     def _save(self, data: Mapping[str, Any]) -> None:

@@ -35,6 +35,7 @@ from nodefleet.facts import (
     parse_node_health,
     probe_script,
 )
+from nodefleet.gateway import Gateway, buildx_environment, socket_path
 from nodefleet.inventory import Host, Inventory
 from nodefleet.plan import Action, NodeChange, assign_pins, plan_builder
 from nodefleet.platforms import same_architecture
@@ -599,12 +600,30 @@ async def _clean_remote(
     started = time.monotonic()
     try:
         async with await open_session(target, policy=options.host_key_policy, attempts=2) as session:
+            await _forget_gateway_helper(session, inventory, options.state_dir or default_state_dir(), target.name)
             await remove_node_container(
                 session, target.name, keep_state=keep_state, timeout=inventory.defaults.command_timeout
             )
     except NodefleetError as exc:
         result.fail(f"left the builder, but its BuildKit container could not be removed: {exc}")
     result.seconds = time.monotonic() - started
+
+
+async def _forget_gateway_helper(session: Session, inventory: Inventory, state_dir: Path, node: str) -> None:
+    """Drop the node's gateway helper (nodefleet.gateway) from nodefleet's private buildx store. `buildx rm` connects
+    to the node, so the node's door is served over `session` meanwhile; a build serving it now keeps it."""
+    env = buildx_environment(state_dir)
+    name = helper_builder_name(inventory.builder, node)
+    if not buildx.instance_file(name, env).exists():
+        return
+    gateway = Gateway(node, socket_path(state_dir, inventory.builder, node))
+    try:
+        if await gateway.start():
+            gateway.open(session)
+            argv = buildx.rm_argv(name, keep_state=True, keep_daemon=True)
+            await buildx.run_local(argv, timeout=inventory.defaults.command_timeout, env=env, check=False)
+    finally:
+        await gateway.close()
 
 
 async def _recreate_if_needed(work: _HostWork, changes: Sequence[NodeChange], inventory: Inventory) -> None:

@@ -117,6 +117,44 @@ class Session:
             _text(completed.stderr),
         )
 
+    async def relay(self, command: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Run `command` with a local stream pair as its standard input and output, until both directions end or
+        either fails (the connection lost, the local side gone); the local writer is closed at the end."""
+        try:
+            process = await self._connection.create_process(command, encoding=None, stderr=asyncssh.DEVNULL)
+        except (asyncssh.Error, OSError) as exc:
+            log.debug("%s: cannot start %s: %s", self.target.name, command, exc)
+            writer.close()
+            return
+
+        async def upstream() -> None:
+            while data := await reader.read(1 << 16):
+                process.stdin.write(data)
+                await process.stdin.drain()
+            process.stdin.write_eof()
+
+        async def downstream() -> None:
+            while data := await process.stdout.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            for finished in asyncio.as_completed(tasks):
+                try:
+                    await finished
+                except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+                    log.debug("%s: relay of %s ended: %s", self.target.name, command, exc)
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            process.close()
+            writer.close()
+
     def keep_alive(self, interval: float, count: int) -> None:
         """Send a keepalive every `interval` seconds of silence; after `count` unanswered, the connection is lost."""
         self._connection.set_keepalive(interval, count)
