@@ -92,9 +92,11 @@ class Gateway:
             self._session.set_result(session)
 
     def refuse(self) -> None:
-        """Turn every connection away: the node is not used by this build."""
+        """Turn away the connections waiting now (the node was not chosen); a later `open` (a retry on this node)
+        still opens the door."""
         if not self._session.done():
             self._session.cancel()
+            self._session = asyncio.get_running_loop().create_future()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -113,7 +115,8 @@ class Gateway:
 
     async def close(self) -> None:
         """Stop serving, end every relay, and release the socket for the next build."""
-        self.refuse()
+        if not self._session.done():
+            self._session.cancel()
         if self._server is not None:
             self._server.close()
             # buildx has ended: its connections are closing by themselves; cut those that do not within a second.

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from nodefleet.buildx import read_store
+
 from .fleetlib import REPO, Run, buildx_builders, host_docker, lab_data, nodefleet, write_inventory
 
 pytestmark = pytest.mark.e2e
@@ -191,6 +193,33 @@ def test_three_platforms_pushed_natively_each_image_prints_its_own_platform_twic
     # buildx's own progress went to stderr, prefixed with the platform.
     for platform in THREE:
         assert f"[{platform}] #" in run.stderr
+
+
+def test_builds_reach_nodes_through_nodefleets_session_with_helpers_out_of_the_users_store(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    folder = context(tmp_path)
+    first = fleet.run(
+        "-vv", "build", "--json", "--build-arg", f"BASE={fleet.base}", "--platform", ",".join(THREE), str(folder)
+    )
+    second = fleet.run(
+        "-vv", "build", "--json", "--build-arg", f"BASE={fleet.base}", "--platform", ",".join(THREE), str(folder)
+    )
+    for run in (first, second):
+        assert run.exit_code == 0, run.stdout + run.stderr
+        assert {result["status"] for result in run.json["platforms"]} == {"built"}
+    # The second build started each buildx before the checks answered, on the gateway helpers the first one made.
+    for node in ("amd64-1", "arm64-1", "armv7-1"):
+        assert f"{node}: gateway open" in second.stderr
+    private = {**os.environ, **fleet.env, "BUILDX_CONFIG": str(Path(fleet.env["NODEFLEET_STATE_DIR"]) / "buildx")}
+    for node in ("amd64-1", "arm64-1", "armv7-1"):
+        stored = read_store(f"{fleet.builder}--{node}", private)
+        assert stored is not None and stored.nodes[0].endpoint.startswith("unix://"), stored
+        socket_file = Path(stored.nodes[0].endpoint.removeprefix("unix://"))
+        assert socket_file.parent.stat().st_mode & 0o777 == 0o700 and not socket_file.exists()  # served only meanwhile
+    for name in buildx_builders(fleet.env):
+        stored = read_store(name, {**os.environ, **fleet.env})
+        assert stored is None or all(not node.endpoint.startswith("unix://") for node in stored.nodes), name
 
 
 def test_human_report_names_node_mode_and_digest(fleet: Fleet, tmp_path: Path) -> None:

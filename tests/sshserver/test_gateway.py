@@ -89,3 +89,19 @@ async def test_lost_session_ends_the_relay(ssh_server: Server, tmp_path: Path) -
         writer.close()
     finally:
         await gateway.close()
+
+
+async def test_refused_door_opens_later_for_a_retry(ssh_server: Server, tmp_path: Path) -> None:
+    ssh_server.trust()
+    gateway = await _gateway(tmp_path)
+    session = await open_session(ssh_server.target(), attempts=1)
+    try:
+        gateway.refuse()  # not chosen at first...
+        gateway.open(session)  # ...then a retry goes to this node
+        reader, writer = await asyncio.open_unix_connection(str(gateway.path))
+        writer.write(b"retry")
+        assert await asyncio.wait_for(reader.readexactly(5), timeout=5) == b"retry"
+        writer.close()
+    finally:
+        await gateway.close()
+        await session.close()
