@@ -8,12 +8,15 @@ import shlex
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodefleet.buildx import container_name, run_local, state_volume_name
 from nodefleet.errors import CommandError, NodefleetError, UsageError, tail
 from nodefleet.inventory import Registry
-from nodefleet.ssh import Session, SSHTarget
+from nodefleet.target import SSHTarget
+
+if TYPE_CHECKING:
+    from nodefleet.ssh import Session
 
 # An HTTP ping through `docker system dial-stdio`: exactly the path buildx's ssh:// endpoint takes.
 _PING = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n"

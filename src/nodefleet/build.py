@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodefleet import buildx, fleet
 from nodefleet.bootstrap import config_digest
@@ -60,8 +60,10 @@ from nodefleet.routing import (
     retry_node,
     select_nodes,
 )
-from nodefleet.ssh import Session, open_session
 from nodefleet.state import BuilderState, default_state_dir, private_dir
+
+if TYPE_CHECKING:
+    from nodefleet.ssh import Session
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +298,8 @@ class _Build:
             if session is None:
                 interval = self.inventory.defaults.connect_timeout
                 target = fleet.ssh_target(self.inventory, self.hosts[node])
+                from nodefleet.ssh import open_session  # imported by the checks already
+
                 session = await open_session(target, attempts=2, budget=2 * interval + 1)
                 checks.adopt(node, session)
             return session
@@ -424,10 +428,12 @@ async def _build(job: _Build, report: BuildReport) -> None:
     base = initial_views(job.inventory.enabled_hosts, record, pins)
     checks = Checks(job.inventory, job.options, _known_workers(record))
     wanted = set(hosts_to_check(base, request.platforms, request.allow_emulation))
-    checks.start(view for view in base if view.name in wanted)
     hint = f"inventory {job.inventory.path}"
     try:
+        # buildx first (it waits at the shut doors), then the SSH stack loads while it starts, then the checks.
         await _start_early(job, base, record)
+        await fleet.load_ssh_stack()
+        checks.start(view for view in base if view.name in wanted)
         selection = await checks.settle(
             base,
             lambda views, grace: select_nodes(

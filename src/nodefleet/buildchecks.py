@@ -7,12 +7,15 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from nodefleet import fleet
 from nodefleet.buildstate import BuildOptions
 from nodefleet.inventory import Host, Inventory
 from nodefleet.routing import Health, NodeView, Selection
-from nodefleet.ssh import Session
+
+if TYPE_CHECKING:
+    from nodefleet.ssh import Session
 
 
 class Checks:
@@ -31,7 +34,10 @@ class Checks:
         self.semaphore = asyncio.Semaphore(options.parallel or inventory.defaults.parallel)
 
     def start(self, views: Iterable[NodeView]) -> None:
-        """Start checking these hosts (a platform already known is not asked again)."""
+        """Start checking these hosts (a platform already known is not asked again); the grace period counts from
+        the first start."""
+        if not self.tasks:
+            self.started = time.monotonic()
         for view in views:
             known = view.platforms[0] if view.platforms else None
             self.tasks[view.name] = asyncio.ensure_future(self._check(self.hosts[view.name], known))

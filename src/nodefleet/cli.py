@@ -170,7 +170,7 @@ def cli(verbose: int) -> None:
 def up(inventory_path: str, as_json: bool, parallel: int | None, accept_new_host_keys: bool) -> None:
     """Prepare every host and reconcile the builder, then health-check every node."""
     from nodefleet import fleet
-    from nodefleet.ssh import HostKeyPolicy
+    from nodefleet.target import HostKeyPolicy
 
     inventory = _load(inventory_path)
     policy = HostKeyPolicy.ACCEPT_NEW if accept_new_host_keys else HostKeyPolicy.STRICT

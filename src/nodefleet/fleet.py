@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import shlex
 import time
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from nodefleet import buildx, jsondoc
@@ -39,7 +40,10 @@ from nodefleet.gateway import Gateway, buildx_environment, socket_path
 from nodefleet.inventory import Host, Inventory
 from nodefleet.plan import Action, NodeChange, assign_pins, plan_builder
 from nodefleet.platforms import same_architecture
-from nodefleet.ssh import HostKeyPolicy, Session, SSHTarget, open_session
+from nodefleet.target import HostKeyPolicy, SSHTarget
+
+if TYPE_CHECKING:
+    from nodefleet.ssh import Session
 from nodefleet.state import BuilderState, WorkerCache, default_state_dir, private_dir, write_private
 
 log = logging.getLogger(__name__)
@@ -258,6 +262,8 @@ async def _guard(work: _HostWork, step: str, action: Callable[[], Awaitable[None
 async def _connect(work: _HostWork, options: FleetOptions, *, attempts: int, budget: float | None) -> None:
     async def go() -> None:
         options.progress(work.host.name, "connecting")
+        from nodefleet.ssh import open_session  # see load_ssh_stack
+
         work.session = await open_session(work.target, policy=options.host_key_policy, attempts=attempts, budget=budget)
 
     await _guard(work, "ssh", go)
@@ -309,10 +315,26 @@ def _with_cache(health: NodeHealth, cache: WorkerCache, key: str) -> NodeHealth:
     return health
 
 
+async def load_ssh_stack() -> None:
+    """Import the SSH stack (asyncssh: about 0.2 s) in a thread. Commands call it right after starting the local
+    processes they start first (buildx's OpenSSH path checks, a build's buildx), which run meanwhile."""
+    await asyncio.to_thread(importlib.import_module, "nodefleet.ssh")
+
+
 def _start_openssh(work: _HostWork, inventory: Inventory) -> asyncio.Future[str | None]:
     """buildx's OpenSSH path is checked by a local process, which runs beside nodefleet's own session."""
     timeout = inventory.defaults.connect_timeout + 10
     return asyncio.ensure_future(check_openssh_path(work.target, timeout=timeout))
+
+
+async def _openssh_first(
+    works: Sequence[_HostWork], inventory: Inventory, limit: int
+) -> dict[str, asyncio.Future[str | None]]:
+    """Start the OpenSSH path checks of the first `limit` hosts, then load the SSH stack while they run; the other
+    hosts' checks start with their turn."""
+    started = {work.host.name: _start_openssh(work, inventory) for work in works[:limit]}
+    await load_ssh_stack()
+    return started
 
 
 async def _take_openssh(work: _HostWork, check: asyncio.Future[str | None]) -> None:
@@ -400,8 +422,11 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
     works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
     limit = _parallel(inventory, options)
     cache = WorkerCache(state.dir)
+    openssh = await _openssh_first(works, inventory, limit)
     try:
-        await _bounded(limit, [partial(_prepare_host, w, inventory, options, cache) for w in works])
+        await _bounded(
+            limit, [partial(_prepare_host, w, inventory, options, cache, openssh.pop(w.host.name, None)) for w in works]
+        )
         stored = _read_store_or_repair(inventory.builder, state, notes)
         if stored is not None and stored.driver and stored.driver != buildx.DRIVER:
             raise UsageError(
@@ -422,12 +447,18 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
     return FleetReport("up", inventory.builder, results, changed=changed or started or bool(removed), notes=notes)
 
 
-async def _prepare_host(work: _HostWork, inventory: Inventory, options: FleetOptions, cache: WorkerCache) -> None:
-    await _connect(work, options, attempts=3, budget=None)
+async def _prepare_host(
+    work: _HostWork,
+    inventory: Inventory,
+    options: FleetOptions,
+    cache: WorkerCache,
+    openssh: asyncio.Future[str | None] | None,
+) -> None:
     # buildx's own path is checked beside the facts: whether buildx can load this node decides whether the builder
     # may change.
-    openssh = _start_openssh(work, inventory)
+    openssh = openssh or _start_openssh(work, inventory)
     try:
+        await _connect(work, options, attempts=3, budget=None)
         await _probe(work, inventory, cache, image=work.host.buildkit_image)
         await _take_openssh(work, openssh)
     finally:
@@ -599,6 +630,8 @@ async def _clean_remote(
 ) -> None:
     started = time.monotonic()
     try:
+        from nodefleet.ssh import open_session  # see load_ssh_stack
+
         async with await open_session(target, policy=options.host_key_policy, attempts=2) as session:
             await _forget_gateway_helper(session, inventory, options.state_dir or default_state_dir(), target.name)
             await remove_node_container(
@@ -698,10 +731,15 @@ async def status(inventory: Inventory, options: FleetOptions | None = None) -> F
             notes.append(f"builder {inventory.builder} does not exist; run `nodefleet up`")
     works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
     cache = WorkerCache(options.state_dir or default_state_dir())
+    limit = _parallel(inventory, options)
+    openssh = await _openssh_first(works, inventory, limit)
     try:
         await _bounded(
-            _parallel(inventory, options),
-            [partial(_status_host, w, inventory, options, stored, missing, cache) for w in works],
+            limit,
+            [
+                partial(_status_host, w, inventory, options, stored, missing, cache, openssh.pop(w.host.name, None))
+                for w in works
+            ],
         )
     finally:
         cache.save()
@@ -734,10 +772,11 @@ async def _status_host(
     stored: StoredBuilder | None,
     missing: str,
     cache: WorkerCache,
+    openssh: asyncio.Future[str | None] | None,
 ) -> None:
     # buildx's OpenSSH path runs while nodefleet's own session logs in and asks for facts and health in one round
     # trip; it is dropped when the host cannot be reached at all.
-    openssh = _start_openssh(work, inventory)
+    openssh = openssh or _start_openssh(work, inventory)
     node = stored.node(work.host.name) if stored else None
     try:
         await _connect(

@@ -21,9 +21,12 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nodefleet.ssh import Session
 from nodefleet.state import private_dir, try_lock
+
+if TYPE_CHECKING:
+    from nodefleet.ssh import Session
 
 log = logging.getLogger(__name__)
 

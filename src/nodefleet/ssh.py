@@ -8,7 +8,6 @@ import errno
 import logging
 import os
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +16,13 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from tenacity.wait import wait_random_exponential
 
 from nodefleet.errors import AuthError, CommandError, HostKeyError, SSHError, TransientSSHError
+from nodefleet.target import HostKeyPolicy, SSHTarget
+
+__all__ = ["CommandResult", "HostKeyPolicy", "SSHTarget", "Session", "open_session"]
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.ECONNABORTED}
-
-
-class HostKeyPolicy(StrEnum):
-    """What to do with a host whose key is not in known_hosts. A changed key is refused under both."""
-
-    STRICT = "strict"
-    ACCEPT_NEW = "accept-new"
-
-
-@dataclass(frozen=True)
-class SSHTarget:
-    """Where and how to log in to one host; None means "as ~/.ssh/config and OpenSSH's defaults say"."""
-
-    name: str
-    address: str
-    user: str | None = None
-    port: int | None = None
-    identity_file: Path | None = None
-    known_hosts: Path | None = None
-    connect_timeout: float = 5.0
-
-    @property
-    def known_hosts_path(self) -> Path:
-        """The known_hosts file used for diagnostics and for recording new keys."""
-        return self.known_hosts or Path("~/.ssh/known_hosts").expanduser()
 
 
 @dataclass(frozen=True)
