@@ -8,8 +8,8 @@ has its own node, timing, failover and cache ref. buildx reaches each node throu
 
 The command line and the argv (nodefleet.buildargs), node choice (nodefleet.routing), reading buildx's output
 (nodefleet.buildoutput) and the report (nodefleet.buildreport) are pure and table-tested. The options and the
-record are in nodefleet.buildstate, the health checks in nodefleet.buildchecks; this module holds the rest of the
-I/O: helper builders, running buildx, the pushed index.
+record are in nodefleet.buildstate, the health checks in nodefleet.buildchecks, running one buildx in
+nodefleet.buildrun; this module holds the rest of the I/O: helper builders and gateways, the pushed index.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import shlex
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,8 +40,9 @@ from nodefleet.buildargs import (
     repository,
 )
 from nodefleet.buildchecks import Checks
-from nodefleet.buildoutput import FailureKind, StepCounter, classify_failure, error_text, index_digests, merge_metadata
+from nodefleet.buildoutput import FailureKind, classify_failure, error_text, index_digests, merge_metadata
 from nodefleet.buildreport import Attempt, BuildReport, PlatformResult
+from nodefleet.buildrun import Run, run_streaming
 from nodefleet.buildstate import BuildOptions, BuildRecord
 from nodefleet.errors import CommandError, NodefleetError, UsageError
 from nodefleet.gateway import Gateway, buildx_environment, socket_path
@@ -69,133 +68,6 @@ log = logging.getLogger(__name__)
 
 WATCH_MISSES = 3  # unanswered keepalives, connect_timeout seconds apart, before a building node is given up
 
-# ---------------------------------------------------------------------------------------------- I/O: running
-
-
-@dataclass
-class _Run:
-    """A finished buildx process."""
-
-    exit_status: int
-    seconds: float
-    lines: deque[str]
-    counts: tuple[int, int] | None
-    stdout: bytes
-    lost: str | None = None  # why the node was given up while buildx ran on it
-
-
-async def _run_streaming(
-    argv: Sequence[str],
-    *,
-    label: str,
-    options: BuildOptions,
-    stdin: bytes | None,
-    inherit_stderr: bool,
-    abort: asyncio.Event | None = None,
-    lost: asyncio.Future[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    hold: asyncio.Future[bool] | None = None,
-) -> _Run:
-    """Run buildx, passing each progress line on as it comes; killed (with its process group) on abort, on cancel,
-    or when `lost` answers (the node stopped answering: its reason is kept in the result). With `hold`, its lines
-    are kept back until `hold` answers True (a buildx started before its node was chosen), and dropped otherwise."""
-    log.debug("run %s", shlex.join(argv))
-    started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=None if options.inherit_stdout else asyncio.subprocess.PIPE,
-        stderr=None if inherit_stderr else asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else None,
-        start_new_session=True,
-        limit=1 << 20,
-    )
-    lines: deque[str] = deque(maxlen=400)
-    counter = StepCounter()
-    stdout = bytearray()
-    show = _Shown(options, label, hold)
-
-    async def feed() -> None:
-        if process.stdin is not None and stdin is not None:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                process.stdin.write(stdin)
-                await process.stdin.drain()
-            process.stdin.close()
-
-    async def read_err() -> None:
-        if process.stderr is None:
-            return
-        while raw := await process.stderr.readline():
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            lines.append(line)
-            counter.feed(line)
-            show.line(line)
-
-    async def read_out() -> None:
-        if process.stdout is not None:
-            stdout.extend(await process.stdout.read())
-
-    async def finish() -> int:
-        await asyncio.gather(feed(), read_err(), read_out())
-        return await process.wait()
-
-    waiter = asyncio.ensure_future(finish())
-    stopper = asyncio.ensure_future(abort.wait()) if abort is not None else None
-    try:
-        watched = {w for w in (waiter, stopper, lost) if w is not None}
-        while True:
-            done, _ = await asyncio.wait(watched, return_when="FIRST_COMPLETED")
-            if lost is None or lost not in done or lost.exception() is None:
-                break
-            # The watch itself failed, not the node: the build goes on unwatched.
-            log.debug("node watch failed", exc_info=lost.exception())
-            watched.discard(lost)
-            lost = None
-        if waiter not in done:
-            _kill_group(process)
-            await waiter
-            reason = lost.result() if lost is not None and lost in done else None
-            return _Run(-1, time.monotonic() - started, lines, counter.counts, bytes(stdout), lost=reason)
-        code = waiter.result()
-    except asyncio.CancelledError:
-        _kill_group(process)
-        waiter.cancel()
-        raise
-    finally:
-        if stopper is not None:
-            stopper.cancel()
-    return _Run(code, time.monotonic() - started, lines, counter.counts, bytes(stdout))
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, 9)
-
-
-class _Shown:
-    """Passes a buildx's progress lines on, or, while `hold` has not answered, keeps them back: shown when it answers
-    True, dropped when it answers False."""
-
-    def __init__(self, options: BuildOptions, label: str, hold: asyncio.Future[bool] | None) -> None:
-        self.options = options
-        self.label = label
-        self.held: list[str] | None = None
-        if hold is not None and not hold.done():
-            self.held = []
-            hold.add_done_callback(self._decided)
-
-    def line(self, line: str) -> None:
-        if self.held is not None:
-            self.held.append(line)
-        else:
-            self.options.progress(self.label, line)
-
-    def _decided(self, hold: asyncio.Future[bool]) -> None:
-        if self.held is not None and not hold.cancelled() and hold.result():
-            held, self.held = self.held, None
-            for line in held:
-                self.options.progress(self.label, line)
-
 
 @dataclass
 class _Early:
@@ -206,7 +78,7 @@ class _Early:
     builder: str
     hold: asyncio.Future[bool]
     lost: asyncio.Future[str]
-    task: asyncio.Task[_Run]
+    task: asyncio.Task[Run]
 
     async def drop(self) -> None:
         """Not used after all: its output is dropped and its buildx stopped."""
@@ -252,31 +124,27 @@ class _Build:
             self.gateways[node] = gateway if served else None
         return self.gateways[node]
 
-    def gateway_spec(self, node: str, platforms: tuple[str, ...], gateway: Gateway) -> buildx.NodeSpec:
+    def gateway_spec(self, node: str, platforms: tuple[str, ...]) -> buildx.NodeSpec:
         """The node of its gateway helper: the node as `up` makes it, reached through the door."""
         spec = fleet.node_spec(self.hosts[node], platforms, self.config, self.digest)
-        return replace(spec, endpoint=f"unix://{gateway.path}")
+        return replace(spec, endpoint=f"unix://{socket_path(self.state_dir, self.inventory.builder, node)}")
 
     def gateway_ready(self, node: str, platforms: tuple[str, ...], record: Mapping[str, Any]) -> str | None:
         """The node's gateway helper when it is there as this build would make it (so buildx may start at once)."""
         name = fleet.helper_builder_name(self.inventory.builder, node)
-        path = socket_path(self.state_dir, self.inventory.builder, node)
         if (record["gateways"].get(name) or {}).get("config_digest") != self.digest or not platforms:
             return None
         try:
             stored = buildx.read_store(name, self.gateway_env)
         except buildx.CorruptStoreError:
             return None
-        spec = replace(
-            fleet.node_spec(self.hosts[node], platforms, self.config, self.digest), endpoint=f"unix://{path}"
-        )
-        return name if stored is not None and _same_node(stored, spec) else None
+        return name if stored is not None and _same_node(stored, self.gateway_spec(node, platforms)) else None
 
-    async def gateway_helper(self, node: str, gateway: Gateway) -> str:
+    async def gateway_helper(self, node: str) -> str:
         """The node's gateway helper in nodefleet's private buildx store, made (or made again) when needed; its door
         must be open, as buildx connects when it makes a builder."""
         name = fleet.helper_builder_name(self.inventory.builder, node)
-        spec = self.gateway_spec(node, self.views[node].platforms, gateway)
+        spec = self.gateway_spec(node, self.views[node].platforms)
         env = self.gateway_env
         private_dir(Path(env["BUILDX_CONFIG"]))
         async with self.helper_lock, self.record.update() as record:
@@ -311,7 +179,7 @@ class _Build:
         if gateway is not None:
             try:
                 gateway.open(await self.session(checks, node))
-                self.used[node] = (await self.gateway_helper(node, gateway), self.gateway_env)
+                self.used[node] = (await self.gateway_helper(node), self.gateway_env)
                 return self.used[node]
             except (NodefleetError, OSError) as exc:
                 log.debug("%s: gateway helper not usable (%s); using the ssh:// helper", node, exc)
@@ -485,7 +353,7 @@ async def _start_early(job: _Build, base: Sequence[NodeView], record: Mapping[st
         )
         hold: asyncio.Future[bool] = loop.create_future()
         lost: asyncio.Future[str] = loop.create_future()
-        run = _run_streaming(
+        run = run_streaming(
             argv,
             label=choice.platform if count > 1 else "",
             options=job.options,
@@ -501,7 +369,7 @@ async def _start_early(job: _Build, base: Sequence[NodeView], record: Mapping[st
 
 async def _open_doors(job: _Build, checks: Checks, selection: Selection) -> None:
     """The nodes are chosen: drop each buildx started early for another node, open the chosen nodes' doors (a
-    buildx waiting there goes on), and shut the others for good."""
+    buildx waiting there goes on), and turn away what waits at the others' (a retry may still open one)."""
     chosen = {choice.platform: choice.node for choice in selection.choices}
     for platform, early in list(job.early.items()):
         if chosen.get(platform) != early.node or early.count != len(selection.choices):
@@ -660,7 +528,7 @@ async def _attempt(
             argv = platform_argv(
                 job.request, platform, builder, platforms=count, metadata_file=str(metadata), progress=progress
             )
-            run = await _run_streaming(
+            run = await run_streaming(
                 argv,
                 label=label,
                 options=job.options,
@@ -753,7 +621,7 @@ async def _assemble_index(job: _Build, report: BuildReport) -> None:
 
 
 async def _run_logged(job: _Build, argv: list[str], env: Mapping[str, str] | None) -> None:
-    run = await _run_streaming(
+    run = await run_streaming(
         argv,
         label="index",
         options=replace(job.options, inherit_stdout=False),

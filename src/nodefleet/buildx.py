@@ -273,11 +273,11 @@ async def run_local(
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
     except TimeoutError:
-        _kill_group(process)
+        kill_group(process)
         await process.wait()
         raise CommandError(shlex.join(argv), None, f"timed out after {timeout:g} s") from None
     except asyncio.CancelledError:
-        _kill_group(process)
+        kill_group(process)
         raise
     result = LocalResult(
         tuple(argv),
@@ -291,6 +291,7 @@ async def run_local(
     return result
 
 
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
+def kill_group(process: asyncio.subprocess.Process) -> None:
+    """Kill a process started with start_new_session and everything it started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, 9)

@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 
-from nodefleet.build import _run_streaming
+from nodefleet.buildrun import run_streaming
 from nodefleet.buildstate import BuildOptions
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(30)"]
@@ -19,7 +19,7 @@ async def test_a_lost_node_stops_the_build_and_says_why() -> None:
         return "arm64-1 stopped answering"
 
     started = time.monotonic()
-    run = await _run_streaming(
+    run = await run_streaming(
         SLEEPER, label="", options=BuildOptions(), stdin=None, inherit_stderr=False, lost=asyncio.ensure_future(lost())
     )
     assert time.monotonic() - started < 10
@@ -30,7 +30,7 @@ async def test_a_watch_that_fails_does_not_stop_the_build() -> None:
     async def broken() -> str:
         raise RuntimeError("the watch broke, not the node")
 
-    run = await _run_streaming(
+    run = await run_streaming(
         QUICK, label="", options=BuildOptions(), stdin=None, inherit_stderr=False, lost=asyncio.ensure_future(broken())
     )
     assert run.exit_status == 0 and run.lost is None
@@ -40,7 +40,7 @@ async def test_abort_still_stops_the_build() -> None:
     abort = asyncio.Event()
     asyncio.get_running_loop().call_later(0.2, abort.set)
     never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    run = await _run_streaming(
+    run = await run_streaming(
         SLEEPER, label="", options=BuildOptions(), stdin=None, inherit_stderr=False, abort=abort, lost=never
     )
     assert run.exit_status == -1 and run.lost is None

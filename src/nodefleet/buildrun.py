@@ -1,0 +1,140 @@
+"""Running one `docker buildx build` (or imagetools) for `nodefleet build`: its progress passed on line by line (or
+held back, for a buildx started before its node was chosen), steps counted, killed with its process group on abort,
+on cancel, or when its node stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from nodefleet import buildx
+from nodefleet.buildoutput import StepCounter
+from nodefleet.buildstate import BuildOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A finished buildx process."""
+
+    exit_status: int
+    seconds: float
+    lines: deque[str]
+    counts: tuple[int, int] | None
+    stdout: bytes
+    lost: str | None = None  # why the node was given up while buildx ran on it
+
+
+async def run_streaming(
+    argv: Sequence[str],
+    *,
+    label: str,
+    options: BuildOptions,
+    stdin: bytes | None,
+    inherit_stderr: bool,
+    abort: asyncio.Event | None = None,
+    lost: asyncio.Future[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    hold: asyncio.Future[bool] | None = None,
+) -> Run:
+    """Run buildx, passing each progress line on as it comes; killed (with its process group) on abort, on cancel,
+    or when `lost` answers (the node stopped answering: its reason is kept in the result). With `hold`, its lines
+    are kept back until `hold` answers True (a buildx started before its node was chosen), and dropped otherwise."""
+    log.debug("run %s", shlex.join(argv))
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=None if options.inherit_stdout else asyncio.subprocess.PIPE,
+        stderr=None if inherit_stderr else asyncio.subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+        limit=1 << 20,
+    )
+    lines: deque[str] = deque(maxlen=400)
+    counter = StepCounter()
+    stdout = bytearray()
+    show = _Shown(options, label, hold)
+
+    async def feed() -> None:
+        if process.stdin is not None and stdin is not None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                process.stdin.write(stdin)
+                await process.stdin.drain()
+            process.stdin.close()
+
+    async def read_err() -> None:
+        if process.stderr is None:
+            return
+        while raw := await process.stderr.readline():
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            lines.append(line)
+            counter.feed(line)
+            show.line(line)
+
+    async def read_out() -> None:
+        if process.stdout is not None:
+            stdout.extend(await process.stdout.read())
+
+    async def finish() -> int:
+        await asyncio.gather(feed(), read_err(), read_out())
+        return await process.wait()
+
+    waiter = asyncio.ensure_future(finish())
+    stopper = asyncio.ensure_future(abort.wait()) if abort is not None else None
+    try:
+        watched = {w for w in (waiter, stopper, lost) if w is not None}
+        while True:
+            done, _ = await asyncio.wait(watched, return_when="FIRST_COMPLETED")
+            if lost is None or lost not in done or lost.exception() is None:
+                break
+            # The watch itself failed, not the node: the build goes on unwatched.
+            log.debug("node watch failed", exc_info=lost.exception())
+            watched.discard(lost)
+            lost = None
+        if waiter not in done:
+            buildx.kill_group(process)
+            await waiter
+            reason = lost.result() if lost is not None and lost in done else None
+            return Run(-1, time.monotonic() - started, lines, counter.counts, bytes(stdout), lost=reason)
+        code = waiter.result()
+    except asyncio.CancelledError:
+        buildx.kill_group(process)
+        waiter.cancel()
+        raise
+    finally:
+        if stopper is not None:
+            stopper.cancel()
+    return Run(code, time.monotonic() - started, lines, counter.counts, bytes(stdout))
+
+
+class _Shown:
+    """Passes a buildx's progress lines on, or, while `hold` has not answered, keeps them back: shown when it answers
+    True, dropped when it answers False."""
+
+    def __init__(self, options: BuildOptions, label: str, hold: asyncio.Future[bool] | None) -> None:
+        self.options = options
+        self.label = label
+        self.held: list[str] | None = None
+        if hold is not None and not hold.done():
+            self.held = []
+            hold.add_done_callback(self._decided)
+
+    def line(self, line: str) -> None:
+        if self.held is not None:
+            self.held.append(line)
+        else:
+            self.options.progress(self.label, line)
+
+    def _decided(self, hold: asyncio.Future[bool]) -> None:
+        if self.held is not None and not hold.cancelled() and hold.result():
+            held, self.held = self.held, None
+            for line in held:
+                self.options.progress(self.label, line)
