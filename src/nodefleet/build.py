@@ -132,32 +132,21 @@ class _Build:
     def gateway_ready(self, node: str, platforms: tuple[str, ...], record: Mapping[str, Any]) -> str | None:
         """The node's gateway helper when it is there as this build would make it (so buildx may start at once)."""
         name = fleet.helper_builder_name(self.inventory.builder, node)
-        if (record["gateways"].get(name) or {}).get("config_digest") != self.digest or not platforms:
+        if not platforms:
             return None
         try:
             stored = buildx.read_store(name, self.gateway_env)
         except buildx.CorruptStoreError:
             return None
-        return name if stored is not None and _same_node(stored, self.gateway_spec(node, platforms)) else None
+        current = _up_to_date(stored, self.gateway_spec(node, platforms), record["gateways"].get(name), self.digest)
+        return name if current else None
 
     async def gateway_helper(self, node: str) -> str:
         """The node's gateway helper in nodefleet's private buildx store, made (or made again) when needed; its door
         must be open, as buildx connects when it makes a builder."""
-        name = fleet.helper_builder_name(self.inventory.builder, node)
+        private_dir(Path(self.gateway_env["BUILDX_CONFIG"]))
         spec = self.gateway_spec(node, self.views[node].platforms)
-        env = self.gateway_env
-        private_dir(Path(env["BUILDX_CONFIG"]))
-        async with self.helper_lock, self.record.update() as record:
-            stored = buildx.read_store(name, env)
-            recorded = (record["gateways"].get(name) or {}).get("config_digest")
-            if stored is not None and _same_node(stored, spec) and recorded == self.digest:
-                return name
-            if stored is not None:
-                await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=120, env=env)
-            timeout = self.inventory.defaults.connect_timeout * 2 + 60
-            await buildx.run_local(buildx.create_argv(name, spec, append=False), timeout=timeout, env=env)
-            record["gateways"][name] = {"config_digest": self.digest}
-        return name
+        return await self._made_helper("gateways", node, spec, self.gateway_env)
 
     async def session(self, checks: Checks, node: str) -> Session:
         """An open SSH session to the node: the one its health check kept, or a new one."""
@@ -194,21 +183,25 @@ class _Build:
         await asyncio.gather(*(gateway.close() for gateway in self.gateways.values() if gateway is not None))
 
     async def helper(self, node: str) -> str:
-        """The node's single-node builder, created (or re-created when the inventory changed) on first use."""
+        """The node's single-node `ssh://` builder, created (or re-created when the inventory changed) on first use."""
+        spec = fleet.node_spec(self.hosts[node], self.views[node].platforms, self.config, self.digest)
+        return await self._made_helper("helpers", node, spec, None)
+
+    async def _made_helper(self, kind: str, node: str, spec: buildx.NodeSpec, env: Mapping[str, str] | None) -> str:
+        """Builder `<builder>--<node>` as `spec` in the buildx store `env` names, made (or made again when it or the
+        config changed); `kind` is its section of the record: helpers (`ssh://`) or gateways (nodefleet.gateway)."""
         name = fleet.helper_builder_name(self.inventory.builder, node)
-        view = self.views[node]
-        spec = fleet.node_spec(self.hosts[node], view.platforms, self.config, self.digest)
         async with self.helper_lock, self.record.update() as record:
-            stored = buildx.read_store(name)
-            recorded = (record["helpers"].get(name) or {}).get("config_digest")
-            if stored is not None and _same_node(stored, spec) and recorded == self.digest:
+            stored = buildx.read_store(name, env)
+            if _up_to_date(stored, spec, record[kind].get(name), self.digest):
                 return name
-            self.options.notice(f"preparing builder {name} (node {node}, sharing its BuildKit container)")
+            if env is None:
+                self.options.notice(f"preparing builder {name} (node {node}, sharing its BuildKit container)")
             if stored is not None:
-                await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=120)
+                await buildx.run_local(buildx.rm_argv(name, keep_state=True, keep_daemon=True), timeout=120, env=env)
             timeout = self.inventory.defaults.connect_timeout * 2 + 60
-            await buildx.run_local(buildx.create_argv(name, spec, append=False), timeout=timeout)
-            record["helpers"][name] = {"config_digest": self.digest}
+            await buildx.run_local(buildx.create_argv(name, spec, append=False), timeout=timeout, env=env)
+            record[kind][name] = {"config_digest": self.digest}
         return name
 
     async def mark_used(self, nodes: Iterable[str]) -> None:
@@ -231,6 +224,13 @@ class _Build:
                     entry.pop("platforms")  # a stale record (the host changed): ask the host next time
                 if check.container_id and check.worker_platforms:
                     entry["workers"] = {check.container_id: list(check.worker_platforms)}
+
+
+def _up_to_date(
+    stored: buildx.StoredBuilder | None, spec: buildx.NodeSpec, recorded: Mapping[str, Any] | None, digest: str
+) -> bool:
+    """A helper builder as this build would make it: in the store as `spec`, recorded as made with this config."""
+    return stored is not None and _same_node(stored, spec) and (recorded or {}).get("config_digest") == digest
 
 
 def _same_node(stored: buildx.StoredBuilder, spec: buildx.NodeSpec) -> bool:

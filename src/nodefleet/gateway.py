@@ -78,16 +78,6 @@ class Gateway:
         self.path.chmod(0o600)
         return True
 
-    @property
-    def serving(self) -> bool:
-        """True while this build serves the socket."""
-        return self._server is not None
-
-    @property
-    def opened(self) -> bool:
-        """True once connections go through to the node."""
-        return self._session.done() and not self._session.cancelled()
-
     def open(self, session: Session) -> None:
         """Let connections through, over `session` (waiting ones go on at once)."""
         if not self._session.done():
