@@ -199,7 +199,8 @@ def make_base_files(rootfs: Path) -> None:
 def prepare_for_sessions(
     paths: LabPaths, rootfs: Path, user: tuple[int, int], docker_gid: int, journal: Journal, log: Log
 ) -> None:
-    """Accounts with the machine's ids, the user's home, and the hosts' docker sockets at the same path."""
+    """Accounts with the machine's ids, the user's home, the hosts' docker sockets at the same path, and /proc
+    (a real host has one: nodefleet reads the boot id there)."""
     journal.record("prepared_userland", path=str(rootfs))
     uid, gid = user
     (rootfs / "etc/passwd").write_text(
@@ -213,6 +214,9 @@ def prepare_for_sessions(
     sockets.mkdir(parents=True, exist_ok=True)
     if not os.path.ismount(sockets):
         run(["mount", "--bind", str(paths.sockets), str(sockets)], log)
+    proc = rootfs / "proc"
+    if not os.path.ismount(proc):
+        run(["mount", "-t", "proc", "proc", str(proc)], log)
 
 
 def is_mount_point_under(folder: Path) -> bool:

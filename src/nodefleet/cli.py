@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import logging
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from nodefleet import __version__
 from nodefleet.errors import NodefleetError
-from nodefleet.inventory import Inventory, load_inventory
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from nodefleet.fleet import FleetReport
+    from nodefleet.inventory import Inventory
+
+# `nodefleet --help` must stay fast (issue 3: 150 ms), so this module imports little more than click: json, logging,
+# pathlib, the inventory parser and the library are imported by the commands that use them.
 
 T = TypeVar("T")
 _STATUS_STYLE = {"healthy": "green", "failed": "bold red", "disabled": "dim", "removed": "yellow"}
@@ -39,6 +38,8 @@ def _console(err: bool = False) -> Console:
 
 
 def _configure_logging(verbose: int) -> None:
+    import logging
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="nodefleet: %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # asyncssh logs every packet at debug; its auth messages are not for the default output.
@@ -46,6 +47,10 @@ def _configure_logging(verbose: int) -> None:
 
 
 def _load(path: str) -> Inventory:
+    from pathlib import Path
+
+    from nodefleet.inventory import load_inventory
+
     return load_inventory(Path(path))
 
 
@@ -89,6 +94,9 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, str], None]]:
 
 
 def _render(report: FleetReport, as_json: bool) -> None:
+    import json
+    from collections import Counter
+
     from rich.table import Table
 
     stdout = _console()
@@ -233,6 +241,8 @@ def inventory_check(inventory_path: str) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
 def inventory_export(inventory_path: str, export_format: str, output: str | None) -> None:
     """Write the inventory in another tool's format (an Ansible YAML inventory)."""
+    from pathlib import Path
+
     from nodefleet.export import render_ansible_inventory
 
     text = render_ansible_inventory(_load(inventory_path))
@@ -348,6 +358,8 @@ def _failure_kind(result: PlatformResult) -> str:
 
 def _render_build(report: BuildReport, as_json: bool, *, err: bool) -> None:
     if as_json:  # no rich here: machines need no colours, and importing it costs a tenth of a second
+        import json
+
         stream = sys.stderr if err else sys.stdout
         stream.write(json.dumps(report.as_json(), indent=2) + "\n")
         return
@@ -416,7 +428,9 @@ def main() -> NoReturn:
             print(exc.code, file=sys.stderr)
     # Every file, lock and subprocess is closed by now: flush the output and skip the interpreter's teardown, which
     # frees each module and object one by one (about 0.1 s here after asyncssh and rich, for nothing).
-    logging.shutdown()
+    logging = sys.modules.get("logging")  # imported by the commands, not by --help
+    if logging is not None:
+        logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

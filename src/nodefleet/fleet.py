@@ -44,7 +44,7 @@ from nodefleet.target import HostKeyPolicy, SSHTarget
 
 if TYPE_CHECKING:
     from nodefleet.ssh import Session
-from nodefleet.state import BuilderState, WorkerCache, default_state_dir, private_dir, write_private
+from nodefleet.state import BuilderState, ProbeCache, default_state_dir, private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +269,42 @@ async def _connect(work: _HostWork, options: FleetOptions, *, attempts: int, bud
     await _guard(work, "ssh", go)
 
 
-async def _probe(work: _HostWork, inventory: Inventory, cache: WorkerCache, *, image: str | None = None) -> None:
+async def _probe(work: _HostWork, inventory: Inventory, cache: ProbeCache, *, image: str | None = None) -> None:
     """The host's facts and its node's health (with `image`, whether that image is there) in one round trip."""
 
     async def go() -> None:
         session = work.need_session()
         key = _cache_key(work)
-        script = probe_script(buildx.container_name(work.host.name), image=image, known=cache.instance(key))
+        machine = cache.machine(_host_key(work))
+        script = probe_script(
+            buildx.container_name(work.host.name),
+            image=image,
+            known=cache.instance(key),
+            known_boot=machine[0] if machine else None,
+        )
         output = await session.run(script, timeout=inventory.defaults.command_timeout, check=True)
         work.health = _with_cache(parse_node_health(output.stdout), cache, key)
         work.image_present = parse_image_present(output.stdout) if image else None
-        _take_facts(work, parse_facts(output.stdout))
+        _take_facts(work, _machine_with_cache(parse_facts(output.stdout), cache, _host_key(work)))
 
     await _guard(work, "facts", go)
+
+
+def _host_key(work: _HostWork) -> str:
+    return f"{work.target.address}:{work.target.port or ''}"
+
+
+def _machine_with_cache(facts: HostFacts, cache: ProbeCache, key: str) -> HostFacts:
+    """Record the machine a host reported with its boot id; fill it in from the cache when the host, still in the
+    boot the cache knows, did not report it."""
+    if facts.machine:
+        if facts.boot_id:
+            cache.put_machine(key, facts.boot_id, facts.machine, facts.userland_bits)
+        return facts
+    cached = cache.machine(key)
+    if cached is not None and facts.boot_id == cached[0]:
+        return replace(facts, machine=cached[1], userland_bits=cached[2])
+    return facts
 
 
 def _take_facts(work: _HostWork, facts: HostFacts) -> None:
@@ -298,10 +321,10 @@ def _take_facts(work: _HostWork, facts: HostFacts) -> None:
 
 
 def _cache_key(work: _HostWork) -> str:
-    return f"{work.target.address}:{work.target.port or ''} {buildx.container_name(work.host.name)}"
+    return f"{_host_key(work)} {buildx.container_name(work.host.name)}"
 
 
-def _with_cache(health: NodeHealth, cache: WorkerCache, key: str) -> NodeHealth:
+def _with_cache(health: NodeHealth, cache: ProbeCache, key: str) -> NodeHealth:
     """Record what a running BuildKit said; fill in what it was not asked (a known instance) from the cache."""
     if health.state != "running" or health.instance is None:
         return health
@@ -357,7 +380,7 @@ async def _stop(check: asyncio.Future[Any]) -> None:
     await asyncio.gather(check, return_exceptions=True)
 
 
-async def _check_health(work: _HostWork, inventory: Inventory, cache: WorkerCache) -> None:
+async def _check_health(work: _HostWork, inventory: Inventory, cache: ProbeCache) -> None:
     async def go() -> None:
         session = work.need_session()
         key = _cache_key(work)
@@ -425,7 +448,7 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
     digest = config_digest(config)
     works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
     limit = _parallel(inventory, options)
-    cache = WorkerCache(state.dir)
+    cache = ProbeCache(state.dir)
     openssh = await _openssh_first(works, inventory, limit)
     try:
         await _bounded(
@@ -455,7 +478,7 @@ async def _prepare_host(
     work: _HostWork,
     inventory: Inventory,
     options: FleetOptions,
-    cache: WorkerCache,
+    cache: ProbeCache,
     openssh: asyncio.Future[str | None] | None,
 ) -> None:
     # buildx's own path is checked beside the facts: whether buildx can load this node decides whether the builder
@@ -684,7 +707,7 @@ async def _bootstrap_and_check(
     works: Sequence[_HostWork],
     changed: bool,
     notes: list[str],
-    cache: WorkerCache,
+    cache: ProbeCache,
 ) -> bool:
     """Start what is not running, then check every node; True when a node's BuildKit container was (re)started
     although its node did not change (it had stopped or been removed): reported as the action `start`."""
@@ -734,7 +757,7 @@ async def status(inventory: Inventory, options: FleetOptions | None = None) -> F
         if stored is None:
             notes.append(f"builder {inventory.builder} does not exist; run `nodefleet up`")
     works = [_new_work(inventory, host) for host in inventory.enabled_hosts]
-    cache = WorkerCache(options.state_dir or default_state_dir())
+    cache = ProbeCache(options.state_dir or default_state_dir())
     limit = _parallel(inventory, options)
     openssh = await _openssh_first(works, inventory, limit)
     try:
@@ -775,7 +798,7 @@ async def _status_host(
     options: FleetOptions,
     stored: StoredBuilder | None,
     missing: str,
-    cache: WorkerCache,
+    cache: ProbeCache,
     openssh: asyncio.Future[str | None] | None,
 ) -> None:
     # buildx's OpenSSH path runs while nodefleet's own session logs in and asks for facts and health in one round

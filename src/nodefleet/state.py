@@ -114,36 +114,47 @@ class BuilderState:
         self.record_file.unlink(missing_ok=True)
 
 
-class WorkerCache:
-    """What each node's BuildKit said about itself (version, worker platforms), with the container instance it was
-    said by ("<container id> <started at>"), in workers.json under the state dir.
+class ProbeCache:
+    """Answers that stand until something on the host changes, in probes.json under the state dir:
+    - per node, what its BuildKit said (version, worker platforms) with the container instance that said it
+      ("<container id> <started at>"). A container that is still the same instance runs the same image, so status
+      and up send the instance to the host and skip the `docker exec`s (slow where BuildKit is emulated);
+    - per host, its machine (`uname -m`) and userland width with the boot id they were read in. A CPU does not
+      change without a reboot, so the host is asked only for its boot id, sparing two processes.
 
-    A container that is still the same instance runs the same image, so its answers stand: status and up send the
-    instance to the host and skip the `docker exec`s (slow where BuildKit is emulated) when it has not changed. It is
-    a cache: losing it costs one ask, and two runs saving at once can lose an entry, nothing more."""
+    It is a cache: losing it costs one ask, and two runs saving at once can lose an entry, nothing more."""
 
     LIMIT = 1024
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "workers.json"
-        self._entries: dict[str, dict[str, Any]] | None = None
+        self.path = state_dir / "probes.json"
+        self._sections: dict[str, dict[str, dict[str, Any]]] | None = None
         self._dirty = False
 
-    def _load(self) -> dict[str, dict[str, Any]]:
-        if self._entries is None:
+    def _section(self, name: str) -> dict[str, dict[str, Any]]:
+        if self._sections is None:
             try:
                 data = json.loads(self.path.read_text())
             except (OSError, ValueError):
                 data = {}
-            nodes = data.get("nodes") if isinstance(data, dict) else None
-            entries = nodes.items() if isinstance(nodes, dict) else ()
-            self._entries = {str(k): v for k, v in entries if isinstance(v, dict) and v.get("instance")}
-        return self._entries
+            self._sections = {}
+            for key in ("nodes", "hosts"):
+                found = data.get(key) if isinstance(data, dict) else None
+                entries = found.items() if isinstance(found, dict) else ()
+                self._sections[key] = {str(k): v for k, v in entries if isinstance(v, dict)}
+        return self._sections[name]
+
+    def _put(self, section: str, key: str, entry: dict[str, Any]) -> None:
+        entries = self._section(section)
+        old = entries.get(key)
+        if old is None or {k: v for k, v in old.items() if k != "at"} != entry:
+            entries[key] = {**entry, "at": time.time()}
+            self._dirty = True
 
     def get(self, key: str) -> tuple[str, str | None, tuple[str, ...]] | None:
         """(instance, BuildKit version, worker platforms) last recorded under `key`, or None."""
-        entry = self._load().get(key)
-        if entry is None:
+        entry = self._section("nodes").get(key)
+        if entry is None or not entry.get("instance"):
             return None
         workers = entry.get("workers")
         if not isinstance(workers, list) or not workers:
@@ -158,18 +169,28 @@ class WorkerCache:
 
     def put(self, key: str, instance: str, version: str | None, workers: tuple[str, ...]) -> None:
         """Record what the BuildKit of this container instance said."""
-        entries = self._load()
-        entry = {"instance": instance, "buildkit": version, "workers": list(workers), "at": time.time()}
-        if entries.get(key) != entry:
-            entries[key] = entry
-            self._dirty = True
+        self._put("nodes", key, {"instance": instance, "buildkit": version, "workers": list(workers)})
+
+    def machine(self, key: str) -> tuple[str, str, int | None] | None:
+        """(boot id, machine, userland bits) last recorded for the host under `key`, or None."""
+        entry = self._section("hosts").get(key)
+        if entry is None or not entry.get("boot_id") or not entry.get("machine"):
+            return None
+        bits = entry.get("userland_bits")
+        return str(entry["boot_id"]), str(entry["machine"]), bits if bits in (32, 64) else None
+
+    def put_machine(self, key: str, boot_id: str, machine: str, bits: int | None) -> None:
+        """Record a host's machine and userland width, read during the boot `boot_id`."""
+        self._put("hosts", key, {"boot_id": boot_id, "machine": machine, "userland_bits": bits})
 
     def save(self) -> None:
-        """Write the cache if it changed (newest LIMIT entries); a failure to write is not an error."""
-        if not self._dirty or self._entries is None:
+        """Write the cache if it changed (the newest LIMIT entries of each kind); a failure to write is not an error."""
+        if not self._dirty or self._sections is None:
             return
-        newest = sorted(self._entries.items(), key=lambda item: float(item[1].get("at") or 0), reverse=True)
-        payload = {"version": STATE_VERSION, "nodes": dict(newest[: self.LIMIT])}
+        payload: dict[str, Any] = {"version": STATE_VERSION}
+        for name, entries in sorted(self._sections.items()):
+            newest = sorted(entries.items(), key=lambda item: float(item[1].get("at") or 0), reverse=True)
+            payload[name] = dict(newest[: self.LIMIT])
         with contextlib.suppress(OSError):
             private_dir(self.path.parent)
             write_private(self.path, json.dumps(payload, indent=1, sort_keys=True).encode())

@@ -31,3 +31,13 @@ def test_bad_inventory_exits_2_with_one_line(tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert completed.stdout == ""
     assert "bogus" in completed.stderr and len(completed.stderr.strip().splitlines()) >= 1
+
+
+def test_help_imports_only_click(tmp_path: Path) -> None:
+    """`nodefleet --help` has a time budget (150 ms): the CLI module must not import the library, the SSH stack, rich
+    or the inventory parser, which the commands import when they run."""
+    code = "import sys, nodefleet.cli; print(' '.join(sorted(sys.modules)))"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    loaded = set(completed.stdout.split())
+    heavy = {"asyncssh", "rich", "tenacity", "json", "logging", "tomllib", "nodefleet.inventory", "nodefleet.fleet"}
+    assert loaded & heavy == set()

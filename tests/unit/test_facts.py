@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
 from nodefleet.facts import (
     FACTS_SCRIPT,
+    facts_script,
     node_health_script,
     parse_facts,
     parse_image_present,
@@ -128,3 +130,29 @@ def test_facts_script_reads_the_engine_from_docker_info(tmp_path: Path, stub: st
         assert facts.engine_error and "server_version" not in facts.engine_error
         assert facts.engine_problem() is not None
     assert facts.disk_free_bytes is not None  # df falls back to / when the engine's root is unknown
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _facts_output(script: str) -> str:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+
+
+def test_a_host_in_the_known_boot_reports_only_its_boot_id() -> None:
+    """uname and getconf are spared while the host is still in the boot the caller knows its machine from."""
+    fresh = parse_facts(_facts_output(facts_script()))
+    assert fresh.boot_id == _boot_id() and fresh.machine and fresh.platform is not None
+    known = _facts_output(facts_script(_boot_id()))
+    facts = parse_facts(known)
+    assert facts.boot_id == _boot_id() and facts.machine == "" and facts.platform is None
+    assert "machine=" not in known and "userland_bits=" not in known
+    assert facts.disk_free_bytes is not None  # the rest is asked every time
+    assert parse_facts(_facts_output(facts_script(str(uuid.uuid4())))).machine == fresh.machine
+
+
+def test_a_known_boot_id_that_is_not_one_never_reaches_the_script() -> None:
+    script = facts_script("x'; rm -rf / #")
+    assert "rm -rf" not in script and script == facts_script()
+    assert parse_facts("boot_id=not-a-boot-id\n").boot_id is None
