@@ -56,7 +56,8 @@ def _load(path: str) -> Inventory:
 
 def _run(coroutine: Coroutine[Any, Any, T], *, tables: bool = False) -> T:
     """Run the library's coroutine. With `tables`, rich (for the tables at the end) is imported in a thread while
-    the hosts answer, so that its import is off the critical path."""
+    the hosts answer, so that its import is off the critical path. The thread waits for the SSH stack's import
+    first: both hold the interpreter, and the command needs the SSH stack before anything else."""
     import asyncio
 
     async def main() -> T:
@@ -71,6 +72,9 @@ def _run(coroutine: Coroutine[Any, Any, T], *, tables: bool = False) -> T:
 
 
 def _import_rich() -> None:
+    import importlib
+
+    importlib.import_module("nodefleet.ssh")  # waits while the command's own import of it runs
     import rich.console
     import rich.markup
     import rich.table  # noqa: F401
@@ -79,8 +83,11 @@ def _import_rich() -> None:
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str, str], None]]:
     """A one-line spinner on stderr showing the latest step per host, only on a terminal."""
+    if not enabled or not sys.stderr.isatty():  # before rich's import: `up` has no time for it up front
+        yield lambda _host, _message: None
+        return
     stderr = _console(err=True)
-    if not enabled or not stderr.is_terminal:
+    if not stderr.is_terminal:
         yield lambda _host, _message: None
         return
     latest: dict[str, str] = {}
