@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "lab"))
 from tests.e2e.fleetlib import lab_data, write_inventory  # noqa: E402
 
-from benchlib import compile_nodefleet, labctl, median, settle  # noqa: E402
+from benchlib import compile_nodefleet, cpu_calibration, labctl, median, settle  # noqa: E402
 from labkit.core import LOCK_FILE  # noqa: E402
 
 NODEFLEET = [sys.executable, "-m", "nodefleet"]
@@ -186,10 +186,12 @@ def measure(runs: int) -> dict[str, Any]:
     (context / "Dockerfile").write_text(DOCKERFILE)
     build_args = ["--build-arg", f"BASE={lab['registry']}/lab/busybox:stable", "--build-arg", f"NONCE={uuid.uuid4()}"]
     results: dict[str, Any] = {"targets": TARGETS, "runs": runs, "platforms": PLATFORMS}
+    results["cpu_calibration_s"] = {"before": cpu_calibration()}
     results["fully_cached_3_hosts"] = cached_overhead(lab, work, runs, context, build_args)
     results["fail_closed_armv7_down"] = fail_closed(lab, work, max(1, runs // 2), context, build_args)
     results["reroute_arm64_1_down"] = reroute(lab, work, max(1, runs // 2), context, build_args)
     Bench(lab, work, "benchbuild", THREE).nodefleet("down")
+    results["cpu_calibration_s"]["after"] = cpu_calibration()
     return results
 
 

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.e2e.fleetlib import lab_data, write_inventory  # noqa: E402
 
-from benchlib import compile_nodefleet, labctl, median, settle  # noqa: E402
+from benchlib import compile_nodefleet, cpu_calibration, labctl, median, settle  # noqa: E402
 
 LAB_DIR = Path(os.environ.get("NODEFLEET_LAB_DIR", "/var/lib/nodefleet-lab"))
 NODEFLEET = [sys.executable, "-m", "nodefleet"]
@@ -82,6 +82,7 @@ def main() -> None:
     inventory = write_inventory(lab, work / "inventory.toml", "bench", names, connect_timeout=5)
     inv = ["-i", str(inventory)]
     results: dict[str, object] = {"hosts": len(names), "spec": args.hosts, "runs": args.runs, "targets": TARGETS}
+    calibration = {"before": cpu_calibration()}
 
     help_samples = [timed([str(Path(sys.executable).parent / "nodefleet"), "--help"]) for _ in range(max(5, args.runs))]
     results["help_s"] = median(help_samples)
@@ -115,6 +116,7 @@ def main() -> None:
         connect_timeout_s=5,
         plain_buildx_create_append_bootstrap_s=median(plain),
         settle_waits_s=settled,
+        cpu_calibration_s={**calibration, "after": cpu_calibration()},
         samples={"up_cold": cold, "up_warm": warm, "status": status_ok, "status_down": status_down, "plain": plain},
     )
     print(json.dumps(results, indent=2))

@@ -45,3 +45,17 @@ def settle(threshold: float = 0.2, most: float = 90.0) -> float:
         if total1 > total0 and (busy1 - busy0) / (total1 - total0) < threshold:
             break
     return round(time.monotonic() - started, 1)
+
+
+def cpu_calibration() -> float:
+    """Seconds this interpreter takes for a fixed pure-Python loop (median of three). The project's 2-core VM runs
+    the same code up to 1.5x slower at some times than at others; printed before and after the measurements, it
+    tells a slow phase of the machine from a slower nodefleet."""
+    samples = []
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for value in range(2_000_000):
+            total += value
+        samples.append(time.perf_counter() - started)
+    return round(statistics.median(samples), 3)
