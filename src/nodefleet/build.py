@@ -113,7 +113,7 @@ class _Build:
     async def serve(self, node: str) -> Gateway | None:
         """The node's door, served from now on by this build (shut until opened); None when it cannot be."""
         if node not in self.gateways:
-            gateway = Gateway(node, socket_path(self.state_dir, self.inventory.builder, node))
+            gateway = Gateway.for_node(self.state_dir, self.inventory.builder, node)
             try:
                 served = await gateway.start()
             except OSError as exc:

@@ -36,7 +36,7 @@ from nodefleet.facts import (
     parse_node_health,
     probe_script,
 )
-from nodefleet.gateway import Gateway, buildx_environment, socket_path
+from nodefleet.gateway import Gateway, buildx_environment
 from nodefleet.inventory import Host, Inventory
 from nodefleet.plan import Action, NodeChange, assign_pins, plan_builder
 from nodefleet.platforms import same_architecture
@@ -676,7 +676,7 @@ async def _forget_gateway_helper(session: Session, inventory: Inventory, state_d
     name = helper_builder_name(inventory.builder, node)
     if not buildx.instance_file(name, env).exists():
         return
-    gateway = Gateway(node, socket_path(state_dir, inventory.builder, node))
+    gateway = Gateway.for_node(state_dir, inventory.builder, node)
     try:
         if await gateway.start():
             gateway.open(session)

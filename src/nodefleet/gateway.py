@@ -61,6 +61,11 @@ class Gateway:
         self._lock_fd: int | None = None
         self._relays: set[asyncio.Task[None]] = set()
 
+    @classmethod
+    def for_node(cls, state_dir: Path, builder: str, node: str) -> Gateway:
+        """The door of a node of a builder, at its socket_path."""
+        return cls(node, socket_path(state_dir, builder, node))
+
     async def start(self) -> bool:
         """Serve the socket; False (and nothing served) when another build serves this node's door now."""
         directory = private_dir(self.path.parent)
