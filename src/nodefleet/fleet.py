@@ -275,7 +275,8 @@ async def _probe(work: _HostWork, inventory: Inventory, cache: ProbeCache, *, im
     async def go() -> None:
         session = work.need_session()
         key = _cache_key(work)
-        machine = cache.machine(_host_key(work))
+        host_key = _machine_key(work, session)
+        machine = cache.machine(host_key) if host_key else None
         script = probe_script(
             buildx.container_name(work.host.name),
             image=image,
@@ -285,13 +286,22 @@ async def _probe(work: _HostWork, inventory: Inventory, cache: ProbeCache, *, im
         output = await session.run(script, timeout=inventory.defaults.command_timeout, check=True)
         work.health = _with_cache(parse_node_health(output.stdout), cache, key)
         work.image_present = parse_image_present(output.stdout) if image else None
-        _take_facts(work, _machine_with_cache(parse_facts(output.stdout), cache, _host_key(work)))
+        facts = parse_facts(output.stdout)
+        _take_facts(work, _machine_with_cache(facts, cache, host_key) if host_key else facts)
 
     await _guard(work, "facts", go)
 
 
 def _host_key(work: _HostWork) -> str:
     return f"{work.target.address}:{work.target.port or ''}"
+
+
+def _machine_key(work: _HostWork, session: Session) -> str | None:
+    """Where a host's machine is cached: its address and its SSH host key. The boot id alone does not tell hosts
+    apart: containers share their kernel's, and an address may be given to another machine (the lab re-created
+    with other architectures on the same addresses and kernel)."""
+    fingerprint = session.host_key
+    return f"{_host_key(work)} {fingerprint}" if fingerprint else None
 
 
 def _machine_with_cache(facts: HostFacts, cache: ProbeCache, key: str) -> HostFacts:

@@ -53,6 +53,12 @@ class Session:
         self.target = target
         self._connection = connection
 
+    @property
+    def host_key(self) -> str | None:
+        """The SHA256 fingerprint of the host key the server proved it holds (None after a GSS key exchange)."""
+        key = self._connection.get_server_host_key()
+        return key.get_fingerprint("sha256") if key is not None else None
+
     async def run(
         self, command: str, *, timeout: float, stdin: bytes | str | None = None, check: bool = False
     ) -> CommandResult:

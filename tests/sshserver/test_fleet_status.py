@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -77,3 +78,11 @@ enabled = false
     document = report.as_json()
     assert document["nodefleet_json_version"] == 1
     assert [host["name"] for host in document["hosts"]] == ["good", "refused", "rekeyed", "off"]
+    # The machine is cached under the address and the host key the server proved it holds, with the boot id; the
+    # next status fills it in from there (the host reports only its boot id).
+    cached = json.loads((tmp_path / "state" / "probes.json").read_text())["hosts"]
+    fingerprint = ssh_server.host_key.get_fingerprint("sha256")
+    assert list(cached) == [f"127.0.0.1:{ssh_server.port} {fingerprint}"]
+    assert cached[f"127.0.0.1:{ssh_server.port} {fingerprint}"]["machine"]
+    again = await fleet.status(inventory, fleet.FleetOptions(state_dir=tmp_path / "state"))
+    assert {host.name: host.platform for host in again.hosts}["good"] == by_name["good"].platform
