@@ -119,8 +119,9 @@ class ProbeCache:
     - per node, what its BuildKit said (version, worker platforms) with the container instance that said it
       ("<container id> <started at>"). A container that is still the same instance runs the same image, so status
       and up send the instance to the host and skip the `docker exec`s (slow where BuildKit is emulated);
-    - per host, its machine (`uname -m`) and userland width with the boot id they were read in. A CPU does not
-      change without a reboot, so the host is asked only for its boot id, sparing two processes.
+    - per host (its address and SSH host key), its machine (`uname -m`) and userland width with the boot id they
+      were read in. A CPU does not change without a reboot, so the host is asked only for its boot id, sparing two
+      processes.
 
     It is a cache: losing it costs one ask, and two runs saving at once can lose an entry, nothing more."""
 
@@ -189,9 +190,15 @@ class ProbeCache:
             return
         payload: dict[str, Any] = {"version": STATE_VERSION}
         for name, entries in sorted(self._sections.items()):
-            newest = sorted(entries.items(), key=lambda item: float(item[1].get("at") or 0), reverse=True)
+            newest = sorted(entries.items(), key=lambda item: _stamp(item[1]), reverse=True)
             payload[name] = dict(newest[: self.LIMIT])
         with contextlib.suppress(OSError):
             private_dir(self.path.parent)
             write_private(self.path, json.dumps(payload, indent=1, sort_keys=True).encode())
         self._dirty = False
+
+
+def _stamp(entry: dict[str, Any]) -> float:
+    """When a cache entry was written; 0 for an entry whose time is missing or not a number."""
+    value = entry.get("at")
+    return float(value) if isinstance(value, int | float) else 0.0

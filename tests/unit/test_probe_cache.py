@@ -81,3 +81,12 @@ def test_an_unchanged_answer_does_not_rewrite_the_file(tmp_path: Path) -> None:
     again.put_machine("h:22", BOOT, "x86_64", 64)
     again.save()
     assert again.path.stat().st_mtime_ns == written
+
+
+def test_an_entry_with_an_odd_time_is_kept_last_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "probes.json").write_text('{"nodes": {"k": {"instance": "i", "workers": ["linux/amd64"], "at": "x"}}}')
+    cache = ProbeCache(tmp_path)
+    assert cache.get("k") == ("i", None, ("linux/amd64",))
+    cache.put_machine("h:22", BOOT, "x86_64", 64)
+    cache.save()
+    assert set(json.loads(cache.path.read_text())["nodes"]) == {"k"}
