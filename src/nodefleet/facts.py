@@ -12,8 +12,11 @@ from nodefleet.platforms import UnknownMachineError, normalize_platform, platfor
 
 # POSIX sh that also runs under busybox. Each fact is one `key=value` line; docker's own errors are kept
 # (one line each) so the user sees why the engine is unusable. Every command is a process to start, which is slow
-# on a small board or an emulated userland: one `docker info` answers for the engine, `set --` splits df's output,
-# and the boot id is read by the shell itself. `@KNOWN_BOOT@` is replaced by facts_script.
+# on a small board or an emulated userland: `docker version` answers for the engine, `set --` splits df's output,
+# and the boot id is read by the shell itself. `docker info` costs several times `docker version` (the CLI starts
+# every CLI plugin for its metadata, and the engine runs its runtimes for their versions): it is asked only for the
+# engine's data root, and only when the shell does not have it in `container_root` (node_health_script sets it
+# from the node's state volume). `@KNOWN_BOOT@` is replaced by facts_script.
 _FACTS_TEMPLATE = r"""
 set -f
 nl='
@@ -33,18 +36,17 @@ if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=${PRETTY_NAME:-$ID}"
 root=/
 if command -v docker >/dev/null 2>&1; then
   echo "docker_cli=yes"
-  # Before Docker 27, `docker info --format` exits 0 when the engine does not answer: an empty version is the sign.
-  out=$(docker info --format 'server_version={{.ServerVersion}}{{"\n"}}docker_root={{.DockerRootDir}}' 2>&1)
+  # An engine that does not answer leaves the version empty (and its error on stderr).
+  out=$(docker version --format 'server_version={{.Server.Version}}' 2>&1)
   version=
   case "$out" in *server_version=*) version=${out#*server_version=}; version=${version%%$nl*};; esac
   if [ -n "$version" ]; then
     echo "server_version=$version"
-    root=${out##*docker_root=}
-    root=${root%%$nl*}
+    root=${container_root:-$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)}
     echo "docker_root=$root"
     [ -d "$root" ] || root=/
   else
-    echo "docker_error=$(printf '%s\n' "$out" | grep -v -e '^server_version=' -e '^docker_root=' | grep . | tail -n 1)"
+    echo "docker_error=$(printf '%s\n' "$out" | grep -v -e '^server_version=' | grep . | tail -n 1)"
   fi
 else
   echo "docker_cli=no"
@@ -128,7 +130,11 @@ def parse_facts(output: str) -> HostFacts:
     )
 
 
-INSPECT_FORMAT = "{{.State.Status}} {{.Id}} {{.State.StartedAt}}"
+_STATE_DIR = "/var/lib/buildkit"  # where the docker-container driver mounts a node's state volume
+INSPECT_FORMAT = (
+    "{{.State.Status}} {{.Id}} {{.State.StartedAt}} {{.Config.Image}} "
+    f'{{{{range .Mounts}}}}{{{{if eq .Destination "{_STATE_DIR}"}}}}{{{{.Source}}}}{{{{end}}}}{{{{end}}}}'
+)
 
 
 def node_health_script(container: str, known: str | None = None) -> str:
@@ -137,15 +143,20 @@ def node_health_script(container: str, known: str | None = None) -> str:
     Both questions go to the running daemon through buildctl: `buildkitd --version` would start a second daemon
     binary, which takes over a second where BuildKit is emulated (BuildKit before v0.11, without `buildctl debug
     info`, falls back to it). `known` is the instance ("<id> <started at>") whose answers the caller already has: a
-    container that is still that instance runs the same image, so BuildKit is not asked again (no `docker exec`)."""
+    container that is still that instance runs the same image, so BuildKit is not asked again (no `docker exec`).
+    The shell keeps the container's state and image reference in `container_state` and `container_image`, and the
+    engine's data root (the folder holding its state volume) in `container_root`."""
     quoted = shlex.quote(container)
-    skip = f' && [ "$2 $3" != {shlex.quote(known)} ]' if known else ""
+    skip = f' && [ "$container_instance" != {shlex.quote(known)} ]' if known else ""
     return (
         "set -f\n"
         f"set -- $(docker inspect -f '{INSPECT_FORMAT}' {quoted} 2>/dev/null)\n"
-        'echo "state=${1:-missing}"\n'
-        'echo "instance=$2 $3"\n'
-        f'if [ "$1" = running ]{skip}; then\n'
+        'container_state=${1:-missing} container_instance="$2 $3" container_image=$4 container_root=\n'
+        'echo "state=$container_state"\n'
+        'echo "instance=$container_instance"\n'
+        # The state volume's folder, the last field (spaces and all), is <data root>/volumes/<volume>/_data.
+        'if [ $# -gt 4 ]; then shift 4; container_root="$*"; container_root=${container_root%/volumes/*/_data}; fi\n'
+        f'if [ "$container_state" = running ]{skip}; then\n'
         f"  info=$(docker exec {quoted} buildctl debug info 2>/dev/null) ||\n"
         f"    info=$(docker exec {quoted} buildkitd --version 2>/dev/null)\n"
         "  nl='\n'\n"
@@ -164,9 +175,15 @@ def image_present_script(image: str) -> str:
 def probe_script(
     container: str, *, image: str | None = None, known: str | None = None, known_boot: str | None = None
 ) -> str:
-    """facts_script, the image check and node_health_script in one round trip: their keys do not overlap."""
-    facts = facts_script(known_boot)
-    return facts + (image_present_script(image) if image else "") + node_health_script(container, known)
+    """facts_script, node_health_script and the image check in one round trip: their keys do not overlap.
+
+    A running container made from `image` answers the image check without another process: the engine does not
+    remove the image of a running container. Otherwise `docker image inspect` is asked."""
+    script = node_health_script(container, known) + facts_script(known_boot)  # health first: container_root
+    if image:
+        running = f'[ "$container_state" = running ] && [ "$container_image" = {shlex.quote(image)} ]'
+        script += f"if {running}; then echo image=present; else\n{image_present_script(image)}fi\n"
+    return script
 
 
 @dataclass(frozen=True)

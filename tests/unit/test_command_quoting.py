@@ -38,7 +38,13 @@ from nodefleet.bootstrap import (
 )
 from nodefleet.buildargs import imagetools_create_argv, imagetools_inspect_argv, parse_request, platform_argv
 from nodefleet.errors import InventoryError
-from nodefleet.facts import INSPECT_FORMAT, image_present_script, node_check_script, node_health_script
+from nodefleet.facts import (
+    INSPECT_FORMAT,
+    image_present_script,
+    node_check_script,
+    node_health_script,
+    probe_script,
+)
 from nodefleet.fleet import helper_builder_name, node_spec, ssh_target, target_from_endpoint
 from nodefleet.inventory import Inventory, parse_inventory
 from nodefleet.plan import assign_pins
@@ -367,6 +373,11 @@ def test_remote_commands_under_a_real_shell_pass_any_value_as_one_argument(
         ],
         node_health_script(container, known=STUB_INSTANCE): [["inspect", "-f", INSPECT_FORMAT, container]],
         image_present_script(image): [["image", "inspect", image]],
+        probe_script(container, image=image, known=STUB_INSTANCE): [
+            ["inspect", "-f", INSPECT_FORMAT, container],
+            ["version", "--format", "server_version={{.Server.Version}}"],  # the stub's engine says no version
+            ["image", "inspect", image],  # the stub's container names no image: asked
+        ],
         node_check_script(container): [["inspect", "-f", "{{.Id}} {{.State.Status}}", container]],
         image_present_command(image): [["image", "inspect", image]],
         image_pull_command(image): [["pull", "-q", image]],

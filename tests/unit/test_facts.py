@@ -112,13 +112,13 @@ def test_probe_script_runs_under_sh_here_without_an_engine() -> None:
 @pytest.mark.parametrize(
     ("stub", "expected"),
     [
-        # Docker before 27: `docker info --format` exits 0 with an empty version when the engine does not answer.
-        ("echo server_version=; echo docker_root=; echo 'Cannot connect to the Docker daemon at unix:///x' >&2", None),
+        # An engine that does not answer: `docker version --format` prints an empty version, its error on stderr.
+        ("echo server_version=; echo 'Cannot connect to the Docker daemon at unix:///x' >&2; exit 1", None),
         ("echo 'permission denied while trying to connect to the Docker daemon socket' >&2; exit 1", None),
-        ("echo server_version=27.3.1; echo docker_root=/nonexistent", "27.3.1"),
+        ('[ "$1" = version ] && echo server_version=27.3.1; [ "$1" = info ] && echo /nonexistent; exit 0', "27.3.1"),
     ],
 )
-def test_facts_script_reads_the_engine_from_docker_info(tmp_path: Path, stub: str, expected: str | None) -> None:
+def test_facts_script_reads_the_engine_from_docker_version(tmp_path: Path, stub: str, expected: str | None) -> None:
     docker = tmp_path / "docker"
     docker.write_text(f"#!/bin/sh\n{stub}\n")
     docker.chmod(0o755)
@@ -129,7 +129,33 @@ def test_facts_script_reads_the_engine_from_docker_info(tmp_path: Path, stub: st
     if expected is None:
         assert facts.engine_error and "server_version" not in facts.engine_error
         assert facts.engine_problem() is not None
+    else:
+        assert "docker_root=/nonexistent" in out  # no container to learn it from: `docker info` is asked
     assert facts.disk_free_bytes is not None  # df falls back to / when the engine's root is unknown
+
+
+def test_the_probe_takes_the_data_root_from_the_state_volume_and_spares_docker_info(tmp_path: Path) -> None:
+    """`docker info` starts every CLI plugin and has the engine run its runtimes: with the node's container there,
+    the data root is the folder holding its state volume."""
+    docker = tmp_path / "docker"
+    log = tmp_path / "calls"
+    root = tmp_path / "data root"
+    volume = root / "volumes" / "buildx_buildkit_x_state" / "_data"
+    volume.mkdir(parents=True)
+    docker.write_text(
+        f'#!/bin/sh\necho "$1" >> {log}\n'
+        f'[ "$1" = inspect ] && echo "running c0ffee 2026-11-28T10:17:02Z img:v1 {volume}"\n'
+        '[ "$1" = version ] && echo server_version=27.3.1\nexit 0\n'
+    )
+    docker.chmod(0o755)
+    script = probe_script("buildx_buildkit_x", known="c0ffee 2026-11-28T10:17:02Z")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    assert f"docker_root={root}\n" in out
+    assert log.read_text().split() == ["inspect", "version"]
+    facts = parse_facts(out)
+    assert facts.engine_version == "27.3.1" and facts.disk_free_bytes is not None
+    assert parse_node_health(out).instance == "c0ffee 2026-11-28T10:17:02Z"
 
 
 def _boot_id() -> str:
@@ -156,3 +182,32 @@ def test_a_known_boot_id_that_is_not_one_never_reaches_the_script() -> None:
     script = facts_script("x'; rm -rf / #")
     assert "rm -rf" not in script and script == facts_script()
     assert parse_facts("boot_id=not-a-boot-id\n").boot_id is None
+
+
+@pytest.mark.parametrize(
+    ("inspect", "asked"),
+    [
+        ("running c0ffee 2026-11-28T10:17:02Z reg.example:5000/buildkit:v1", False),  # made from the image: present
+        ("running c0ffee 2026-11-28T10:17:02Z reg.example:5000/buildkit:v0", True),  # another image: ask the engine
+        ("exited c0ffee 2026-11-28T10:17:02Z reg.example:5000/buildkit:v1", True),  # not running: ask the engine
+    ],
+)
+def test_a_running_container_made_from_the_image_answers_the_image_check(
+    tmp_path: Path, inspect: str, asked: bool
+) -> None:
+    docker = tmp_path / "docker"
+    log = tmp_path / "calls"
+    docker.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n[ "$1 $2" = "inspect -f" ] && echo "{inspect}"\n'
+        '[ "$1 $2" = "image inspect" ] && exit 1\nexit 0\n'
+    )
+    docker.chmod(0o755)
+    script = probe_script(
+        "buildx_buildkit_x", image="reg.example:5000/buildkit:v1", known="c0ffee 2026-11-28T10:17:02Z"
+    )
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    image_checks = [line for line in log.read_text().splitlines() if line.startswith("image inspect")]
+    assert bool(image_checks) is asked
+    assert parse_image_present(out) is (not asked)  # the stub's engine has no image
+    assert parse_node_health(out).state == inspect.split(maxsplit=1)[0]
