@@ -65,9 +65,6 @@ def facts_script(known_boot: str | None = None) -> str:
     return _FACTS_TEMPLATE.replace("@KNOWN_BOOT@", shlex.quote(known))
 
 
-FACTS_SCRIPT = facts_script()
-
-
 @dataclass(frozen=True)
 class HostFacts:
     """What a host is and whether its Docker engine is usable by the SSH user."""

@@ -40,11 +40,11 @@ from nodefleet.gateway import Gateway, buildx_environment
 from nodefleet.inventory import Host, Inventory
 from nodefleet.plan import Action, NodeChange, assign_pins, plan_builder
 from nodefleet.platforms import same_architecture
+from nodefleet.state import BuilderState, ProbeCache, default_state_dir, private_dir, write_private
 from nodefleet.target import HostKeyPolicy, SSHTarget
 
 if TYPE_CHECKING:
     from nodefleet.ssh import Session
-from nodefleet.state import BuilderState, ProbeCache, default_state_dir, private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +275,8 @@ async def _probe(work: _HostWork, inventory: Inventory, cache: ProbeCache, *, im
     async def go() -> None:
         session = work.need_session()
         key = _cache_key(work)
-        host_key = _machine_key(work, session)
-        machine = cache.machine(host_key) if host_key else None
+        machine_key = _machine_key(work, session)
+        machine = cache.machine(machine_key) if machine_key else None
         script = probe_script(
             buildx.container_name(work.host.name),
             image=image,
@@ -287,12 +287,13 @@ async def _probe(work: _HostWork, inventory: Inventory, cache: ProbeCache, *, im
         work.health = _with_cache(parse_node_health(output.stdout), cache, key)
         work.image_present = parse_image_present(output.stdout) if image else None
         facts = parse_facts(output.stdout)
-        _take_facts(work, _machine_with_cache(facts, cache, host_key) if host_key else facts)
+        _take_facts(work, _machine_with_cache(facts, cache, machine_key) if machine_key else facts)
 
     await _guard(work, "facts", go)
 
 
-def _host_key(work: _HostWork) -> str:
+def _address(work: _HostWork) -> str:
+    """The host's address and port, as the probe cache keys its entries."""
     return f"{work.target.address}:{work.target.port or ''}"
 
 
@@ -301,7 +302,7 @@ def _machine_key(work: _HostWork, session: Session) -> str | None:
     apart: containers share their kernel's, and an address may be given to another machine (the lab re-created
     with other architectures on the same addresses and kernel)."""
     fingerprint = session.host_key
-    return f"{_host_key(work)} {fingerprint}" if fingerprint else None
+    return f"{_address(work)} {fingerprint}" if fingerprint else None
 
 
 def _machine_with_cache(facts: HostFacts, cache: ProbeCache, key: str) -> HostFacts:
@@ -331,7 +332,7 @@ def _take_facts(work: _HostWork, facts: HostFacts) -> None:
 
 
 def _cache_key(work: _HostWork) -> str:
-    return f"{_host_key(work)} {buildx.container_name(work.host.name)}"
+    return f"{_address(work)} {buildx.container_name(work.host.name)}"
 
 
 def _with_cache(health: NodeHealth, cache: ProbeCache, key: str) -> NodeHealth:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from nodefleet.facts import (
-    FACTS_SCRIPT,
     facts_script,
     node_health_script,
     parse_facts,
@@ -49,7 +48,7 @@ def test_unknown_machine_has_no_platform() -> None:
 
 
 def test_facts_script_runs_under_sh_here() -> None:
-    out = subprocess.run(["sh", "-c", FACTS_SCRIPT], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["sh", "-c", facts_script()], capture_output=True, text=True, check=True).stdout
     facts = parse_facts(out)
     assert facts.machine and facts.platform is not None
     assert facts.disk_free_bytes is not None
@@ -123,7 +122,7 @@ def test_facts_script_reads_the_engine_from_docker_version(tmp_path: Path, stub:
     docker.write_text(f"#!/bin/sh\n{stub}\n")
     docker.chmod(0o755)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
-    out = subprocess.run(["sh", "-c", FACTS_SCRIPT], capture_output=True, text=True, check=True, env=env).stdout
+    out = subprocess.run(["sh", "-c", facts_script()], capture_output=True, text=True, check=True, env=env).stdout
     facts = parse_facts(out)
     assert facts.engine_version == expected
     if expected is None:
