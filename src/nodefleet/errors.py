@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What `nodefleet` exits with: the one table of exit codes."""
+
+    OK = 0  # everything asked was done
+    FAILED = 1  # some hosts, nodes or platforms failed; the others were done
+    USAGE = 2  # bad input (inventory, option, argument), found before any work
+    INTERRUPTED = 130  # Ctrl-C
+
+
+def exit_code(ok: bool) -> ExitCode:
+    """OK when everything asked was done, FAILED when some of it failed (USAGE is raised before any work)."""
+    return ExitCode.OK if ok else ExitCode.FAILED
+
 
 class NodefleetError(Exception):
     """Base of every error nodefleet raises on purpose; str() is one line for the user."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 class UsageError(NodefleetError):
     """Bad input: an inventory, an option or an argument the user must fix."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class InventoryError(UsageError):

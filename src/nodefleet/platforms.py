@@ -89,3 +89,9 @@ def architecture(platform: str) -> str:
 def same_architecture(first: str, second: str) -> bool:
     """True when two platforms share OS and CPU architecture (an arm/v8 worker builds arm/v7 natively)."""
     return architecture(normalize_platform(first)) == architecture(normalize_platform(second))
+
+
+def join_platform(os_name: str | None, architecture_name: str | None, variant: str | None = None) -> str:
+    """The canonical platform of OCI os/architecture/variant fields (`linux`, `arm`, `v7` -> `linux/arm/v7`);
+    raises ValueError when they do not make a platform."""
+    return normalize_platform("/".join(part for part in (os_name, architecture_name, variant) if part))

@@ -1,19 +1,23 @@
-"""nodefleet's own small state: a lock per builder, what it applied to each node, backups of buildx's store."""
+"""nodefleet's own small state under one folder: one atomic private writer, one file lock usable from sync and
+async code (shared or exclusive, never blocking the event loop), and the files of each builder in a folder of its
+own, so that no builder's name can collide with another's files."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from nodefleet.errors import LockError
 
 STATE_VERSION = 1
+_POLL = 0.05
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -39,166 +43,166 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def write_private_json(path: Path, document: Any) -> None:
+    """write_private of a JSON document, in a private folder."""
+    private_dir(path.parent)
+    write_private(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
 def private_dir(path: Path) -> Path:
     """Create a folder (and its parents) only its owner can enter; an existing folder is left as it is."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 
-def try_lock(fd: int) -> bool:
-    """Take the exclusive flock of an open file without waiting: True when taken, False when another process holds it.
+class FileLock:
+    """An flock on a file: exclusive (one holder) or shared (many holders, no exclusive one). Waiting polls without
+    blocking: `hold` sleeps (for sync code), `hold_async` awaits (for the event loop). `on_wait` is told once, when
+    the lock is not free at once, what is being waited for."""
 
-    The callers wait in their own way (a sleep, or an await) until a deadline of their own."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
 
+    def _open(self) -> int:
+        private_dir(self.path.parent)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
 
-class BuilderState:
-    """Files under the state dir for one builder; every file is created 0600 in a 0700 folder."""
+    def _try(self, fd: int, shared: bool) -> bool:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
-    def __init__(self, state_dir: Path, builder: str) -> None:
-        self.dir = state_dir
-        self.builder = builder
-        self.record_file = state_dir / f"{builder}.json"
-        self.lock_file = state_dir / f"{builder}.lock"
-        self.backup_dir = state_dir / "backups"
+    def _waiting(self, wait: float, shared: bool) -> str:
+        mode = "shared" if shared else "exclusive"
+        return f"waiting up to {wait:g} s for {self.what} ({mode} lock {self.path})"
 
-    def _ensure_dir(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def _timed_out(self, wait: float) -> LockError:
+        return LockError(f"{self.what} still running after {wait:g} s (lock {self.path}); try again later")
 
     @contextlib.contextmanager
-    def lock(self, wait: float) -> Iterator[None]:
-        """Hold the builder's lock, waiting up to `wait` seconds for another nodefleet run to finish."""
-        self._ensure_dir()
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    def hold(
+        self, wait: float, *, shared: bool = False, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
+        """Hold the lock in sync code, waiting up to `wait` seconds."""
+        fd = self._open()
         try:
             deadline = time.monotonic() + wait
-            while not try_lock(fd):
+            told = False
+            while not self._try(fd, shared):
                 if time.monotonic() >= deadline:
-                    raise LockError(f"another nodefleet run holds {self.lock_file} (waited {wait:g} s)")
-                time.sleep(0.1)
+                    raise self._timed_out(wait)
+                if on_wait is not None and not told:
+                    on_wait(self._waiting(wait, shared))
+                    told = True
+                time.sleep(_POLL)
             yield
         finally:
             os.close(fd)
 
-    def load_digests(self) -> dict[str, str]:
-        """Config digests nodefleet applied to each node of the builder, by node name."""
+    @contextlib.asynccontextmanager
+    async def hold_async(
+        self, wait: float, *, shared: bool = False, on_wait: Callable[[str], None] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold the lock in async code, waiting up to `wait` seconds without blocking the event loop."""
+        fd = self._open()
+        try:
+            deadline = time.monotonic() + wait
+            told = False
+            while not self._try(fd, shared):
+                if time.monotonic() >= deadline:
+                    raise self._timed_out(wait)
+                if on_wait is not None and not told:
+                    on_wait(self._waiting(wait, shared))
+                    told = True
+                await asyncio.sleep(_POLL)
+            yield
+        finally:
+            os.close(fd)
+
+    def try_hold(self) -> int | None:
+        """Take the exclusive lock without waiting: the open descriptor to close to release it, or None."""
+        fd = self._open()
+        if self._try(fd, shared=False):
+            return fd
+        os.close(fd)
+        return None
+
+
+class JsonRecord:
+    """A JSON document in a private file, changed under its own lock (`update`), read without it (`load`)."""
+
+    def __init__(self, path: Path, what: str, sections: tuple[str, ...] = ()) -> None:
+        self.path = path
+        self.sections = sections
+        self.lock = FileLock(path.with_suffix(".lock"), what)
+
+    def load(self) -> dict[str, Any]:
+        """The document, or an empty one; every section is a dict."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict):
+            data = {"version": STATE_VERSION}
+        for key in self.sections:
+            if not isinstance(data.get(key), dict):
+                data[key] = {}
+        return data
+
+    @contextlib.asynccontextmanager
+    async def update(self, wait: float = 120.0) -> AsyncIterator[dict[str, Any]]:
+        """Hold the record's lock, yield the document, save it on the way out."""
+        async with self.lock.hold_async(wait):
+            data = self.load()
+            yield data
+            write_private_json(self.path, data)
+
+
+class BuilderState:
+    """The files of one builder, in `<state dir>/builders/<builder>/`: its lock, the record of what `up` applied
+    to each node, backups of buildx's builder file, the generated buildkitd.toml, the build and helper records."""
+
+    def __init__(self, state_dir: Path, builder: str) -> None:
+        self.root = state_dir
+        self.builder = builder
+        self.dir = state_dir / "builders" / builder
+        self.record_file = self.dir / "record.json"
+        self.backup_dir = self.dir / "backups"
+        self.buildkitd_config = self.dir / "buildkitd.toml"
+        self.lock = FileLock(self.dir / "builder.lock", f"another nodefleet up, down or build on builder {builder}")
+        self.build_record = JsonRecord(self.dir / "build.json", f"another nodefleet build of {builder}", ("nodes",))
+        self.helper_record = JsonRecord(
+            self.dir / "helpers.json", f"another nodefleet command on {builder}", ("helpers", "gateways")
+        )
+
+    def load_digests(self) -> dict[str, str] | None:
+        """Config digests `up` applied to each node of the builder, by node name; None when there is no readable
+        record (never made, lost or damaged): the caller must not take that as "nothing applied"."""
         try:
             data = json.loads(self.record_file.read_text())
         except (OSError, ValueError):
-            return {}
+            return None
         nodes = data.get("nodes") if isinstance(data, dict) else None
         if not isinstance(nodes, dict):
-            return {}
+            return None
         return {str(name): str(info.get("config_digest", "")) for name, info in nodes.items() if isinstance(info, dict)}
 
     def save_digests(self, digests: Mapping[str, str]) -> None:
         """Record what was applied, atomically."""
-        self._ensure_dir()
-        payload = {
-            "version": STATE_VERSION,
-            "builder": self.builder,
-            "nodes": {name: {"config_digest": digest} for name, digest in sorted(digests.items())},
-        }
-        tmp = self.record_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        tmp.replace(self.record_file)
+        write_private_json(
+            self.record_file,
+            {
+                "version": STATE_VERSION,
+                "builder": self.builder,
+                "nodes": {name: {"config_digest": digest} for name, digest in sorted(digests.items())},
+            },
+        )
 
     def forget(self) -> None:
-        """Remove the record of the builder (after `down`)."""
-        self.record_file.unlink(missing_ok=True)
-
-
-class ProbeCache:
-    """Answers that stand until something on the host changes, in probes.json under the state dir:
-    - per node, what its BuildKit said (version, worker platforms) with the container instance that said it
-      ("<container id> <started at>"). A container that is still the same instance runs the same image, so status
-      and up send the instance to the host and skip the `docker exec`s (slow where BuildKit is emulated);
-    - per host (its address and SSH host key), its machine (`uname -m`) and userland width with the boot id they
-      were read in. A CPU does not change without a reboot, so the host is asked only for its boot id, sparing two
-      processes.
-
-    It is a cache: losing it costs one ask, and two runs saving at once can lose an entry, nothing more."""
-
-    LIMIT = 1024
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "probes.json"
-        self._sections: dict[str, dict[str, dict[str, Any]]] | None = None
-        self._dirty = False
-
-    def _section(self, name: str) -> dict[str, dict[str, Any]]:
-        if self._sections is None:
-            try:
-                data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                data = {}
-            self._sections = {}
-            for key in ("nodes", "hosts"):
-                found = data.get(key) if isinstance(data, dict) else None
-                entries = found.items() if isinstance(found, dict) else ()
-                self._sections[key] = {str(k): v for k, v in entries if isinstance(v, dict)}
-        return self._sections[name]
-
-    def _put(self, section: str, key: str, entry: dict[str, Any]) -> None:
-        entries = self._section(section)
-        old = entries.get(key)
-        if old is None or {k: v for k, v in old.items() if k != "at"} != entry:
-            entries[key] = {**entry, "at": time.time()}
-            self._dirty = True
-
-    def get(self, key: str) -> tuple[str, str | None, tuple[str, ...]] | None:
-        """(instance, BuildKit version, worker platforms) last recorded under `key`, or None."""
-        entry = self._section("nodes").get(key)
-        if entry is None or not entry.get("instance"):
-            return None
-        workers = entry.get("workers")
-        if not isinstance(workers, list) or not workers:
-            return None
-        version = entry.get("buildkit")
-        return str(entry["instance"]), str(version) if version else None, tuple(str(p) for p in workers)
-
-    def instance(self, key: str) -> str | None:
-        """The container instance whose answers are recorded under `key`, if any: the one not to ask again."""
-        cached = self.get(key)
-        return cached[0] if cached else None
-
-    def put(self, key: str, instance: str, version: str | None, workers: tuple[str, ...]) -> None:
-        """Record what the BuildKit of this container instance said."""
-        self._put("nodes", key, {"instance": instance, "buildkit": version, "workers": list(workers)})
-
-    def machine(self, key: str) -> tuple[str, str, int | None] | None:
-        """(boot id, machine, userland bits) last recorded for the host under `key`, or None."""
-        entry = self._section("hosts").get(key)
-        if entry is None or not entry.get("boot_id") or not entry.get("machine"):
-            return None
-        bits = entry.get("userland_bits")
-        return str(entry["boot_id"]), str(entry["machine"]), bits if bits in (32, 64) else None
-
-    def put_machine(self, key: str, boot_id: str, machine: str, bits: int | None) -> None:
-        """Record a host's machine and userland width, read during the boot `boot_id`."""
-        self._put("hosts", key, {"boot_id": boot_id, "machine": machine, "userland_bits": bits})
-
-    def save(self) -> None:
-        """Write the cache if it changed (the newest LIMIT entries of each kind); a failure to write is not an error."""
-        if not self._dirty or self._sections is None:
-            return
-        payload: dict[str, Any] = {"version": STATE_VERSION}
-        for name, entries in sorted(self._sections.items()):
-            newest = sorted(entries.items(), key=lambda item: _stamp(item[1]), reverse=True)
-            payload[name] = dict(newest[: self.LIMIT])
-        with contextlib.suppress(OSError):
-            private_dir(self.path.parent)
-            write_private(self.path, json.dumps(payload, indent=1, sort_keys=True).encode())
-        self._dirty = False
-
-
-def _stamp(entry: dict[str, Any]) -> float:
-    """When a cache entry was written; 0 for an entry whose time is missing or not a number."""
-    value = entry.get("at")
-    return float(value) if isinstance(value, int | float) else 0.0
+        """Remove the builder's records (after `down`). The lock files stay: removing a lock file another process
+        may be opening would split the lock in two."""
+        for path in (self.record_file, self.build_record.path, self.helper_record.path, self.buildkitd_config):
+            path.unlink(missing_ok=True)

@@ -13,9 +13,9 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from nodefleet import buildx
-from nodefleet.buildoutput import StepCounter
-from nodefleet.buildstate import BuildOptions
+from nodefleet.build.options import BuildOptions
+from nodefleet.build.output import StepCounter
+from nodefleet.runner import kill_and_reap, kill_group, start
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,8 @@ async def run_streaming(
     are kept back until `hold` answers True (a buildx started before its node was chosen), and dropped otherwise."""
     log.debug("run %s", shlex.join(argv))
     started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=None if options.inherit_stdout else asyncio.subprocess.PIPE,
-        stderr=None if inherit_stderr else asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else None,
-        start_new_session=True,
-        limit=1 << 20,
+    process = await start(
+        argv, stdin=stdin is not None, stdout=not options.inherit_stdout, stderr=not inherit_stderr, env=env
     )
     lines: deque[str] = deque(maxlen=400)
     counter = StepCounter()
@@ -100,14 +94,14 @@ async def run_streaming(
             watched.discard(lost)
             lost = None
         if waiter not in done:
-            buildx.kill_group(process)
+            kill_group(process)
             await waiter
             reason = lost.result() if lost is not None and lost in done else None
             return Run(-1, time.monotonic() - started, lines, counter.counts, bytes(stdout), lost=reason)
         code = waiter.result()
     except asyncio.CancelledError:
-        buildx.kill_group(process)
         waiter.cancel()
+        await kill_and_reap(process)
         raise
     finally:
         if stopper is not None:

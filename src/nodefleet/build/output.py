@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-from nodefleet.platforms import normalize_platform
+from nodefleet.platforms import join_platform
 
 _STEP_RE = re.compile(r"^#(\d+) \[([^\]]*)\] (\S+)")
 _STEP_NAME_RE = re.compile(r"(?:^|\s)\d+/\d+$")
@@ -136,11 +136,10 @@ def index_digests(manifest_json: str) -> tuple[str | None, dict[str, str]]:
             continue
         platform = entry.get("platform") or {}
         parts = [platform.get(key) for key in ("os", "architecture", "variant")]
-        text = "/".join(part for part in parts if part)
-        if not text or "unknown" in text:
+        if not any(parts) or "unknown" in parts:
             continue
         with contextlib.suppress(ValueError):
-            digests[normalize_platform(text)] = str(entry.get("digest"))
+            digests[join_platform(*parts)] = str(entry.get("digest"))
     return document.get("digest"), digests
 
 

@@ -1,12 +1,17 @@
-"""Pure planning of the builder: which node pins which platform, and what must change in buildx's store."""
+"""Pure planning of the builder: which node pins which platform, and what must change in buildx's store, as
+table-testable data (the changes, the node specs, the argv that carries them out)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
-from nodefleet.buildx import NodeSpec, StoredBuilder, StoredNode
+from nodefleet.buildx.argv import leave_argv, rm_argv
+from nodefleet.buildx.nodes import NodeSpec, node_spec
+from nodefleet.buildx.store import StoredBuilder, StoredNode
+from nodefleet.inventory import Host
 
 
 class Action(StrEnum):
@@ -97,3 +102,65 @@ def plan_builder(
         else:
             changes.append(diff_node(spec, current, recorded_digests.get(spec.name)))
     return changes
+
+
+@dataclass(frozen=True)
+class Member:
+    """A host as planning sees it: its platform (None when not known this run) and whether it answered."""
+
+    host: Host
+    platform: str | None
+    ready: bool
+
+
+def desired_specs(
+    members: Sequence[Member], stored: StoredBuilder | None, config: Path | None, digest: str
+) -> dict[str, NodeSpec]:
+    """The node every ready host should be, pins included.
+
+    Pins go to the first host of each platform among the nodes the builder will have after this run. A host that
+    is in the builder but unreachable now keeps its pins: moving them to its standby would need a builder change,
+    which is refused while a node is unreachable, and would fail the healthy standby."""
+    after: list[tuple[str, tuple[str, ...]]] = []
+    for member in members:
+        node = stored.node(member.host.name) if stored else None
+        if not member.ready and node is None:
+            continue  # not in the builder after this run
+        if member.platform:
+            after.append((member.host.name, (member.platform,)))
+        else:
+            after.append((member.host.name, node.platforms if node else ()))
+    pins = assign_pins(after)
+    return {
+        member.host.name: node_spec(member.host, pins.get(member.host.name, ()), config, digest)
+        for member in members
+        if member.ready
+    }
+
+
+def plan_up(
+    members: Sequence[Member],
+    stored: StoredBuilder | None,
+    recorded_digests: Mapping[str, str],
+    config: Path | None,
+    digest: str,
+) -> tuple[list[NodeChange], dict[str, NodeSpec]]:
+    """The changes `up` makes and the specs of the ready hosts; hosts that did not answer stay untouched."""
+    specs = desired_specs(members, stored, config, digest)
+    keep = frozenset(member.host.name for member in members if not member.ready)
+    return plan_builder(list(specs.values()), stored, recorded_digests, keep), specs
+
+
+def removal_argv(builder: str, changes: Sequence[NodeChange], stored: StoredBuilder | None) -> list[list[str]]:
+    """The buildx commands that carry out the removals: the whole builder when every node goes (buildx cannot
+    leave its last node), else `--leave` per node, which contacts no host."""
+    removals = [change.node for change in changes if change.action is Action.REMOVE]
+    if stored is not None and removals and len(removals) == len(stored.nodes):
+        return [rm_argv(builder, keep_state=True, keep_daemon=True)]
+    return [leave_argv(builder, node) for node in removals]
+
+
+def edits(changes: Sequence[NodeChange]) -> list[NodeChange]:
+    """The changes that create, add or update a node: each is one `create` (with `--append` once the builder
+    exists, see create_argv)."""
+    return [change for change in changes if change.action in {Action.CREATE, Action.ADD, Action.UPDATE}]

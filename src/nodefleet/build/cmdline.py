@@ -2,8 +2,8 @@
 
 `split_command_line` separates nodefleet's own options from `docker buildx build`'s; `parse_request` sorts the
 latter into a BuildRequest (tags, outputs, platforms, cache ref), refusing what cannot work, and `check_outputs`
-what several nodes cannot make; `platform_argv` and the imagetools argv are what the build runs. Nothing here
-touches a host, a file or a process.
+what several nodes cannot make. The argv the build runs is in nodefleet.build.argv. Nothing here touches a host,
+a file or a process.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ BUILDX_VALUE_OPTIONS = frozenset(
     }
 )
 BUILDX_SHORT = {"f": "file", "o": "output", "t": "tag", "q": "quiet", "m": "memory", "c": "cpu-shares"}
-_TRUE = {"1", "t", "true", "yes", "on"}
+TRUE_VALUES = {"1", "t", "true", "yes", "on"}
 
 
 def split_command_line(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -185,7 +185,7 @@ class Output:
     @property
     def push(self) -> bool:
         """True when this output pushes to a registry."""
-        return self.type == "registry" or (self.type == "image" and self.attrs.get("push", "").lower() in _TRUE)
+        return self.type == "registry" or (self.type == "image" and self.attrs.get("push", "").lower() in TRUE_VALUES)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -315,11 +315,11 @@ def _intercept(item: _Arg, tags: list[str], outputs: list[Output], found: dict[s
     if item.name == "builder":
         raise UsageError("nodefleet build chooses the builder from the inventory (-i); drop --builder")
     if item.name == "push":
-        if value is None or value.lower() in _TRUE:
+        if value is None or value.lower() in TRUE_VALUES:
             outputs.append(Output("registry"))
         return
     if item.name == "load":
-        if value is None or value.lower() in _TRUE:
+        if value is None or value.lower() in TRUE_VALUES:
             outputs.append(Output("docker"))
         return
     if value is None:
@@ -360,24 +360,6 @@ def _check_repository(reference: str, option: str) -> None:
         )
 
 
-def repository(reference: str) -> str:
-    """`reg:5000/app:1.0` or `reg/app@sha256:...` -> `reg:5000/app`."""
-    name = reference.split("@", 1)[0]
-    last_slash = name.rfind("/")
-    colon = name.rfind(":")
-    return name[:colon] if colon > last_slash else name
-
-
-def platform_slug(platform: str) -> str:
-    """`linux/arm/v7` -> `linux-arm-v7` (a registry tag)."""
-    return platform.replace("/", "-")
-
-
-def platform_dir(platform: str) -> str:
-    """`linux/arm/v7` -> `linux_arm_v7`, the folder buildx's multi-platform local output uses."""
-    return platform.replace("/", "_")
-
-
 # ---------------------------------------------------------------------------------------------- outputs
 
 _SPLITTABLE = {"registry", "image", "cacheonly", "local"}
@@ -401,78 +383,3 @@ def check_outputs(request: BuildRequest, platforms: int) -> None:
             )
         if request.iidfile and not request.push:
             raise UsageError("--iidfile with several platforms needs --push (nodefleet writes the pushed index digest)")
-
-
-# ---------------------------------------------------------------------------------------------- argv
-
-
-def platform_output(output: Output, request: BuildRequest, platform: str, platforms: int) -> Output:
-    """The output of one platform's build: pushes go by digest to the repository; local folders get a subfolder."""
-    if output.push:
-        keep = {
-            key: value
-            for key, value in output.attrs.items()
-            if key not in {"name", "push", "push-by-digest", "name-canonical"}
-        }
-        repo = repository(request.image_names[0])
-        return Output(
-            "image", {**keep, "name": repo, "push-by-digest": "true", "name-canonical": "true", "push": "true"}
-        )
-    if output.type == "local" and platforms > 1 and output.attrs.get("platform-split", "true").lower() in _TRUE:
-        dest = output.attrs.get("dest", ".")
-        return Output("local", {**output.attrs, "dest": str(Path(dest) / platform_dir(platform))})
-    return output
-
-
-def cache_args(cache_ref: str, platform: str) -> list[str]:
-    """One registry cache per platform (a shared ref keeps only the last platform's, buildx #1044)."""
-    ref = f"{cache_ref}:{platform_slug(platform)}"
-    return ["--cache-from", f"type=registry,ref={ref}", "--cache-to", f"type=registry,ref={ref},mode=max"]
-
-
-def platform_argv(
-    request: BuildRequest,
-    platform: str,
-    builder: str,
-    *,
-    platforms: int,
-    metadata_file: str,
-    progress: str,
-) -> list[str]:
-    """`docker buildx build` for one platform on one node's builder."""
-    argv = ["docker", "buildx", "build", "--builder", builder, "--platform", platform, "--progress", progress]
-    argv += request.passthrough
-    if not request.push:
-        for tag in request.tags:
-            argv += ["--tag", tag]
-    for output in request.outputs:
-        argv += ["--output", format_output(platform_output(output, request, platform, platforms))]
-    if request.cache_ref:
-        argv += cache_args(request.cache_ref, platform)
-    argv += ["--metadata-file", metadata_file]
-    if request.iidfile and platforms == 1 and not request.push:
-        argv += ["--iidfile", request.iidfile]
-    return [*argv, "--", request.context]
-
-
-def imagetools_create_argv(builder: str, names: Sequence[str], sources: Sequence[str]) -> list[str]:
-    """`docker buildx imagetools create`: one index from the platforms' pushed images, under every name."""
-    argv = ["docker", "buildx", "imagetools", "create", "--builder", builder, "--progress", "plain"]
-    for name in names:
-        argv += ["--tag", name]
-    return [*argv, *sources]
-
-
-def imagetools_inspect_argv(builder: str, name: str) -> list[str]:
-    """`docker buildx imagetools inspect` printing the index as JSON (its digest and its manifests)."""
-    return ["docker", "buildx", "imagetools", "inspect", "--builder", builder, "--format", "{{json .Manifest}}", name]
-
-
-def progress_mode(request: BuildRequest, builds: int) -> tuple[str, bool]:
-    """(--progress value, whether buildx's stderr goes straight to ours): plain lines unless one build asks tty."""
-    wanted = (request.progress or "plain").lower()
-    if wanted == "tty" and builds == 1:
-        return "tty", True
-    if wanted in {"quiet", "rawjson"}:
-        return wanted, False
-    return "plain", False

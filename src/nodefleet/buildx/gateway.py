@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nodefleet.state import private_dir, try_lock
+from nodefleet.state import FileLock, private_dir
 
 if TYPE_CHECKING:
     from nodefleet.ssh import Session
@@ -72,9 +72,8 @@ class Gateway:
         if directory.stat().st_uid != os.getuid() or directory.stat().st_mode & 0o077:
             log.debug("%s: gateway folder %s is not private; not serving", self.node, directory)
             return False
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        if not try_lock(fd):
-            os.close(fd)
+        fd = FileLock(self.path.with_suffix(".lock"), f"the door of {self.node}").try_hold()
+        if fd is None:
             return False
         self._lock_fd = fd
         with contextlib.suppress(FileNotFoundError):

@@ -1,34 +1,102 @@
-"""The health checks of one `nodefleet build`: every host the build needs checked at once, and node choice made
-again as they answer, until it waits for none."""
+"""The health checks of one `nodefleet build`: every host the build needs checked at once (log in within the
+connect timeout, one probe, the node judged as `status` judges it), and node choice made again as they answer,
+until it waits for none."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from nodefleet import fleet
-from nodefleet.buildstate import BuildOptions
+from nodefleet.build.options import BuildOptions
+from nodefleet.build.routing import Health, NodeView, Selection
+from nodefleet.errors import NodefleetError
+from nodefleet.fanout import guarded
+from nodefleet.host.cache import ProbeCache
+from nodefleet.host.facts import Facts
+from nodefleet.host.health import health_problem
+from nodefleet.host.probe import probe
 from nodefleet.inventory import Host, Inventory
-from nodefleet.routing import Health, NodeView, Selection
+from nodefleet.results import HostResult, HostStatus
+from nodefleet.target import ssh_target
 
 if TYPE_CHECKING:
     from nodefleet.ssh import Session
 
 
+@dataclass(frozen=True)
+class NodeCheck:
+    """A quick look at one host's node before a build; `result.status` is healthy or failed."""
+
+    result: HostResult
+    worker_platforms: tuple[str, ...] = ()
+    session: Session | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def healthy(self) -> bool:
+        """True when the node can take a build now."""
+        return self.result.status is HostStatus.HEALTHY
+
+
+async def check_node(inventory: Inventory, host: Host, cache: ProbeCache, *, platform: str | None = None) -> NodeCheck:
+    """Is this host's node ready to build: SSH within connect_timeout (one attempt, strict host keys), its
+    platform, BuildKit running with a native worker. `platform`, when already known, is not asked again; a
+    container of another architecture still fails the native-worker check. What the probe cache knows of a
+    running container is not asked again (a `docker exec` is slow where BuildKit is emulated). A healthy node's
+    SSH session is handed over in the result, open: the caller closes it."""
+    result = HostResult(host.name, host.address)
+    started = time.monotonic()
+    session: Session | None = None
+    workers: tuple[str, ...] = ()
+    step = "ssh"
+
+    async def look() -> None:
+        nonlocal session, workers, step
+        from nodefleet.ssh import open_session  # loaded by the build before the checks start
+
+        session = await open_session(ssh_target(inventory, host), attempts=1, budget=inventory.defaults.connect_timeout)
+        step = "check"
+        known = host.platforms[0] if host.platforms else platform
+        timeout = inventory.defaults.connect_timeout + 15
+        answer = await probe(session, host.name, cache, timeout=timeout, facts=Facts.NONE if known else Facts.MACHINE)
+        result.platform = known or answer.facts.platform
+        if result.platform is None:
+            raise NodefleetError(f"unknown CPU architecture {answer.facts.machine!r}; set platforms for this host")
+        workers = answer.health.worker_platforms
+        problem = health_problem(host.name, result.platform, answer.health)
+        if problem:
+            stopped = answer.health.engine_error is None and answer.health.state != "running"
+            raise NodefleetError(problem + ("; `nodefleet up` starts it" if stopped else ""))
+        result.buildkit = answer.health.buildkit_version
+        result.native_platform = answer.health.native_platform
+        result.status = HostStatus.HEALTHY
+
+    try:
+        await guarded(host.name, look(), lambda message: result.fail(f"{step}: {message}"))
+    except BaseException:
+        if session is not None:
+            await session.close()
+        raise
+    finally:
+        result.seconds = time.monotonic() - started
+    if not result.failed:
+        return NodeCheck(result, workers, session=session)
+    if session is not None:
+        await session.close()
+    return NodeCheck(result, workers)
+
+
 class Checks:
     """The concurrent health checks of one build, started at once and read as they answer."""
 
-    def __init__(
-        self, inventory: Inventory, options: BuildOptions, known_workers: Mapping[str, tuple[str, ...]]
-    ) -> None:
+    def __init__(self, inventory: Inventory, options: BuildOptions, cache: ProbeCache) -> None:
         self.inventory = inventory
         self.hosts = {host.name: host for host in inventory.enabled_hosts}
         self.options = options
-        self.known_workers = known_workers
-        self.tasks: dict[str, asyncio.Task[fleet.NodeCheck]] = {}
+        self.cache = cache
+        self.tasks: dict[str, asyncio.Task[NodeCheck]] = {}
         self.sessions: dict[str, Session] = {}  # opened for the watch of a node whose check kept none
         self.started = time.monotonic()
         self.semaphore = asyncio.Semaphore(options.parallel or inventory.defaults.parallel)
@@ -42,13 +110,11 @@ class Checks:
             known = view.platforms[0] if view.platforms else None
             self.tasks[view.name] = asyncio.ensure_future(self._check(self.hosts[view.name], known))
 
-    async def _check(self, host: Host, platform: str | None) -> fleet.NodeCheck:
+    async def _check(self, host: Host, platform: str | None) -> NodeCheck:
         async with self.semaphore:
-            return await fleet.check_node(
-                self.inventory, host, known_workers=self.known_workers, platform=platform, keep_session=True
-            )
+            return await check_node(self.inventory, host, self.cache, platform=platform)
 
-    def result(self, name: str) -> fleet.NodeCheck | None:
+    def result(self, name: str) -> NodeCheck | None:
         """The answer of a finished check, if any."""
         task = self.tasks.get(name)
         if task is None or not task.done() or task.cancelled() or task.exception() is not None:
@@ -120,7 +186,7 @@ class Checks:
         sessions += self.sessions.values()
         await asyncio.gather(*(session.close() for session in sessions))
 
-    def results(self) -> list[fleet.HostResult]:
+    def results(self) -> list[HostResult]:
         """Every check's result so far, a check still running counted as failed (it was not waited for)."""
         results = []
         for name, task in self.tasks.items():
@@ -130,9 +196,9 @@ class Checks:
                 continue
             waited = round(time.monotonic() - self.started, 1)
             why = f"no answer within {waited} s; not waited for" if not task.done() else "the health check crashed"
-            results.append(fleet.HostResult(name, self.hosts[name].address, status="failed", error=why))
+            results.append(HostResult(name, self.hosts[name].address, status=HostStatus.FAILED, error=why))
         return results
 
-    def checked(self) -> list[fleet.NodeCheck]:
+    def checked(self) -> list[NodeCheck]:
         """The answers so far, in the order the checks started."""
         return [check for name in self.tasks if (check := self.result(name)) is not None]

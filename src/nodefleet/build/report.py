@@ -4,13 +4,11 @@ and the pushed index, and the versioned JSON document `--json` prints."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nodefleet import jsondoc
-from nodefleet.buildoutput import FailureKind
-
-if TYPE_CHECKING:
-    from nodefleet.fleet import HostResult
+from nodefleet.build.output import FailureKind
+from nodefleet.errors import exit_code
+from nodefleet.results import HostResult, envelope
 
 
 @dataclass
@@ -97,12 +95,12 @@ class BuildReport:
     @property
     def exit_code(self) -> int:
         """0 when everything was built, 1 otherwise."""
-        return jsondoc.exit_code(self.ok)
+        return exit_code(self.ok)
 
     def as_json(self) -> dict[str, Any]:
         """The versioned JSON document `--json` prints."""
         return {
-            **jsondoc.envelope("build", self.builder, ok=self.ok, seconds=self.seconds),
+            **envelope("build", self.builder, ok=self.ok, seconds=self.seconds),
             "platforms": [result.as_json() for result in self.platforms],
             "pushed": {"names": list(self.names), "index_digest": self.index_digest} if self.pushed else None,
             "nodes": [node.as_json() for node in self.nodes],

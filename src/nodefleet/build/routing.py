@@ -2,7 +2,7 @@
 
 A platform goes to its least recently used healthy native node; a node that has not answered yet is waited for
 within a grace period, a platform with no healthy native node is refused (or, when asked, emulated elsewhere), and
-a failed build is retried once on another node. The health checks that feed it are in nodefleet.buildchecks.
+a failed build is retried once on another node. The health checks that feed it are in nodefleet.build.checks.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class NodeView:
     last_used: float = 0.0
 
     def native_for(self, platform: str) -> bool:
-        """True when the host builds `platform` natively (exact platform, arm/v8 workers counted as arm/v7)."""
+        """True when the host builds `platform` natively: one of its platforms is exactly `platform`. Platforms are
+        normalized before they get here (normalize_platform spells arm/v8 as arm/v7, arm64/v8 as arm64)."""
         return platform in self.platforms
 
 
@@ -186,7 +187,8 @@ def select_nodes(
 
 def retry_node(views: Sequence[NodeView], choice: Choice, exclude: Iterable[str]) -> str | None:
     """Another healthy node for a platform whose node failed: native for a native build, else one that emulates."""
-    others = [view for view in views if view.name not in set(exclude)]
+    excluded = set(exclude)
+    others = [view for view in views if view.name not in excluded]
     if choice.emulated:
         able = emulation_order(others, choice.platform, {})
     else:

@@ -1,0 +1,80 @@
+"""What every command reports: one HostResult per host, host statuses as an enum, the versioned JSON envelope,
+and the progress callback the library reports its steps through (it never prints)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+JSON_VERSION = 1
+
+# (who, what): a host or platform and its latest step, for a spinner or labelled progress lines.
+Progress = Callable[[str, str], None]
+
+
+def quiet(_who: str, _what: str) -> None:
+    """A Progress that shows nothing."""
+
+
+class HostStatus(StrEnum):
+    """Where a host stands at the end of a command."""
+
+    PENDING = "pending"
+    HEALTHY = "healthy"
+    FAILED = "failed"
+    DISABLED = "disabled"
+    REMOVED = "removed"
+
+
+@dataclass
+class HostResult:
+    """The outcome for one host."""
+
+    name: str
+    address: str
+    platform: str | None = None
+    pinned: tuple[str, ...] = ()
+    role: str = ""
+    os: str = ""
+    engine: str | None = None
+    buildkit: str | None = None
+    native_platform: str | None = None
+    status: HostStatus = HostStatus.PENDING
+    action: str = "none"
+    changes: tuple[str, ...] = ()
+    error: str | None = None
+    seconds: float = 0.0
+    disk_free_bytes: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True when the host failed."""
+        return self.status is HostStatus.FAILED
+
+    def fail(self, message: str) -> None:
+        """Mark the host failed; the first reason is kept, it is the cause."""
+        if not self.failed:
+            self.status = HostStatus.FAILED
+            self.error = message
+
+    def as_json(self) -> dict[str, Any]:
+        """Stable JSON keys for this host."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["pinned"] = list(self.pinned)
+        data["changes"] = list(self.changes)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+def envelope(command: str, builder: str, *, ok: bool, seconds: float) -> dict[str, Any]:
+    """The keys every command's `--json` document opens with; the command adds its own after them."""
+    return {
+        "nodefleet_json_version": JSON_VERSION,
+        "command": command,
+        "builder": builder,
+        "ok": ok,
+        "seconds": round(seconds, 3),
+    }
