@@ -44,7 +44,7 @@ KNOWN_PLATFORMS = frozenset(
     }
 )
 
-_PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
+_PLATFORM_RE = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 _ALIASES = {
     "linux/arm": "linux/arm/v7",
     "linux/arm64/v8": "linux/arm64",
@@ -95,3 +95,21 @@ def join_platform(os_name: str | None, architecture_name: str | None, variant: s
     """The canonical platform of OCI os/architecture/variant fields (`linux`, `arm`, `v7` -> `linux/arm/v7`);
     raises ValueError when they do not make a platform."""
     return normalize_platform("/".join(part for part in (os_name, architecture_name, variant) if part))
+
+
+KNOWN_ARCHITECTURES = frozenset(architecture(platform) for platform in KNOWN_PLATFORMS) | {
+    "linux/ppc64",
+    "linux/mips64",
+    "linux/mips",
+    "linux/mipsle",
+    "linux/riscv32",
+}
+
+
+def known_platform(value: str) -> str:
+    """normalize_platform, refusing an OS/architecture no container platform has (`linux/amd65`)."""
+    platform = normalize_platform(value)
+    if architecture(platform) not in KNOWN_ARCHITECTURES:
+        known = ", ".join(sorted(KNOWN_PLATFORMS))
+        raise ValueError(f"{value!r} is not a known platform (known: {known})")
+    return platform

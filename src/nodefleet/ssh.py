@@ -84,15 +84,27 @@ class Session:
         return result.check() if check else result
 
     async def write_stream(self, command: str, source: Path, *, timeout: float) -> CommandResult:
-        """Run `command` with the contents of a local file as its standard input (e.g. `docker load`)."""
-        async with asyncio.timeout(timeout):
-            process = await self._connection.create_process(command, encoding=None)
-            with source.open("rb") as reader:
-                while chunk := reader.read(1 << 20):
-                    process.stdin.write(chunk)
-                    await process.stdin.drain()
-            process.stdin.write_eof()
-            completed = await process.wait()
+        """Run `command` with the contents of a local file as its standard input (e.g. `docker load`), within
+        `timeout`. A time-out or a lost connection is a CommandError or TransientSSHError that says so, and the
+        remote process is closed whatever happens (never left reading a half-sent stream)."""
+        log.debug("%s: run %s < %s", self.target.name, command, source)
+        process: asyncssh.SSHClientProcess[bytes] | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                process = await self._connection.create_process(command, encoding=None)
+                with source.open("rb") as reader:
+                    while chunk := reader.read(1 << 20):
+                        process.stdin.write(chunk)
+                        await process.stdin.drain()
+                process.stdin.write_eof()
+                completed = await process.wait()
+        except TimeoutError:
+            raise CommandError(command, None, f"timed out after {timeout:g} s sending {source.name}") from None
+        except (asyncssh.ConnectionLost, asyncssh.ChannelOpenError, BrokenPipeError, ConnectionError) as exc:
+            raise TransientSSHError(f"{self.target.name}: connection lost sending {source.name}: {exc}") from None
+        finally:
+            if process is not None:
+                process.close()
         return CommandResult(
             command,
             completed.exit_status if completed.exit_status is not None else 255,
@@ -308,9 +320,22 @@ def _known_host_lines(path: Path, host: str, port: int) -> list[int]:
     return found
 
 
+def known_hosts_file(target: SSHTarget) -> Path:
+    """The known_hosts file the connection checks this host against: the inventory's, else the first
+    UserKnownHostsFile ~/.ssh/config names for this host, else ~/.ssh/known_hosts. New keys are recorded there, so
+    that they are found where they will be checked."""
+    if target.known_hosts is not None:
+        return target.known_hosts
+    resolved = _configured_known_hosts(target.address, target.port, target.user)
+    configured = resolved[0] if resolved else None
+    if isinstance(configured, list | tuple) and configured and isinstance(configured[0], str):
+        return Path(configured[0]).expanduser()
+    return target.known_hosts_path
+
+
 def describe_host_key_problem(target: SSHTarget, reason: str = "") -> str:
     """One line telling whether a host key is unknown or changed, naming the known_hosts file and line."""
-    path = target.known_hosts_path
+    path = known_hosts_file(target)
     lines = _known_host_lines(path, target.address, target.port or 22)
     if lines:
         where = ", ".join(f"{path}:{line}" for line in lines)
@@ -327,7 +352,7 @@ def describe_host_key_problem(target: SSHTarget, reason: str = "") -> str:
 
 async def _record_new_host_key(target: SSHTarget) -> None:
     """Trust on first use: record the key of a host that has NO entry in known_hosts. Never replaces one."""
-    path = target.known_hosts_path
+    path = known_hosts_file(target)
     port = target.port or 22
     if _known_host_lines(path, target.address, port):
         return

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodefleet.errors import UsageError
-from nodefleet.platforms import normalize_platform
+from nodefleet.platforms import known_platform
 
 # ---------------------------------------------------------------------------------------------- the command line
 
@@ -340,7 +340,7 @@ def _platforms(text: str) -> tuple[str, ...]:
         if not part.strip():
             continue
         try:
-            platform = normalize_platform(part)
+            platform = known_platform(part)
         except ValueError as exc:
             raise UsageError(f"--platform: {exc}") from None
         if platform not in result:

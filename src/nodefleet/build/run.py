@@ -82,6 +82,23 @@ async def run_streaming(
         return await process.wait()
 
     waiter = asyncio.ensure_future(finish())
+    try:
+        code, reason = await _supervise(process, waiter, abort, lost)
+    except asyncio.CancelledError:
+        waiter.cancel()
+        await kill_and_reap(process)
+        raise
+    return Run(code, time.monotonic() - started, lines, counter.counts, bytes(stdout), lost=reason)
+
+
+async def _supervise(
+    process: asyncio.subprocess.Process,
+    waiter: asyncio.Future[int],
+    abort: asyncio.Event | None,
+    lost: asyncio.Future[str] | None,
+) -> tuple[int, str | None]:
+    """Wait for buildx to end, or kill it (and its group) on abort or when the node is lost: (exit status, -1 when
+    killed; why the node was given up, if it was)."""
     stopper = asyncio.ensure_future(abort.wait()) if abort is not None else None
     try:
         watched = {w for w in (waiter, stopper, lost) if w is not None}
@@ -96,17 +113,11 @@ async def run_streaming(
         if waiter not in done:
             kill_group(process)
             await waiter
-            reason = lost.result() if lost is not None and lost in done else None
-            return Run(-1, time.monotonic() - started, lines, counter.counts, bytes(stdout), lost=reason)
-        code = waiter.result()
-    except asyncio.CancelledError:
-        waiter.cancel()
-        await kill_and_reap(process)
-        raise
+            return -1, lost.result() if lost is not None and lost in done else None
+        return waiter.result(), None
     finally:
         if stopper is not None:
             stopper.cancel()
-    return Run(code, time.monotonic() - started, lines, counter.counts, bytes(stdout))
 
 
 class _Shown:
