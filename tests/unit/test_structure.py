@@ -29,6 +29,8 @@ def _name(path: Path) -> str:
 
 def _package(module: str) -> str:
     parts = module.split(".")
+    if module == "nodefleet.__main__":
+        return "cli"  # `python -m nodefleet` is the command line
     return parts[1] if len(parts) >= 2 and parts[1] in LAYERS else "ground"
 
 
@@ -92,9 +94,14 @@ def test_no_module_imports_private_names(path: Path) -> None:
         for alias in node.names
     }
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
-            if node.attr.startswith("_") and not node.attr.startswith("__"):
-                problems.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            problems.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not problems, "\n".join(problems)
 
 
