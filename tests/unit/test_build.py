@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from nodefleet.buildargs import (
+from nodefleet.build import index as build_index
+from nodefleet.build.argv import platform_argv, progress_mode, repository
+from nodefleet.build.cmdline import (
     BuildRequest,
     Output,
     check_outputs,
     format_output,
-    imagetools_create_argv,
     parse_output,
     parse_request,
-    platform_argv,
-    progress_mode,
-    repository,
     split_command_line,
 )
-from nodefleet.buildoutput import FailureKind, StepCounter, classify_failure, error_text, index_digests, merge_metadata
-from nodefleet.buildstate import BuildRecord
+from nodefleet.build.output import FailureKind, StepCounter, classify_failure, error_text, index_digests, merge_metadata
+from nodefleet.build.report import BuildReport, PlatformResult
+from nodefleet.build.routing import Choice, Health, NodeView, emulation_order, hosts_to_check, retry_node, select_nodes
+from nodefleet.buildx.argv import imagetools_create_argv
 from nodefleet.errors import UsageError
-from nodefleet.facts import parse_node_check
-from nodefleet.routing import Choice, Health, NodeView, emulation_order, hosts_to_check, retry_node, select_nodes
+from nodefleet.host.facts import Facts, parse_probe, probe_script
+from nodefleet.host.health import health_problem
+from nodefleet.runner import LocalResult
+from nodefleet.state import BuilderState
 
 AMD = "linux/amd64"
 ARM = "linux/arm64"
@@ -523,30 +528,84 @@ def test_merge_metadata() -> None:
     assert single["buildx.build.ref"] == "x"
 
 
+# The build's node check is the probe `status` runs (host/scripts/probe.sh, parsed by parse_probe) judged by
+# health_problem. The probe runs here under sh against a stub `docker` that answers `docker inspect` (and, for a
+# running container, BuildKit's `buildctl`) as the engine would.
+
+WORKERS = '[{"platforms":[{"os":"linux","architecture":"amd64"}]}]'
+
+
+def _stub_docker(tmp_path: Path, inspect: str) -> dict[str, str]:
+    docker = tmp_path / "docker"
+    docker.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = inspect ]; then\n{inspect}\nfi\n'
+        'if [ "$1" = exec ] && [ "$5" = info ]; then echo "BuildKit: github.com/moby/buildkit v0.13.2 abc"; fi\n'
+        f'if [ "$1" = exec ] && [ "$5" = workers ]; then echo \'{WORKERS}\'; fi\n'
+    )
+    docker.chmod(0o755)
+    return {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+
+
+def _node_check(tmp_path: Path, inspect: str) -> tuple[str | None, str, str | None]:
+    """(container id, state, problem) as the build's check sees them: the probe's answer judged by health_problem."""
+    env = _stub_docker(tmp_path, inspect)
+    script = probe_script("buildx_buildkit_x", facts=Facts.NONE)
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    health = parse_probe(out).health
+    return health.container_id, health.state, health_problem("x", AMD, health)
+
+
 @pytest.mark.parametrize(
-    ("output", "expected"),
+    ("inspect", "expected"),
     [
-        ("machine=x\ncontainer=" + "a" * 64 + " running\n", ("a" * 64, "running", None)),
-        ("container=" + "b" * 64 + " exited\n", ("b" * 64, "exited", None)),
-        ("container=Error: No such object: buildx_buildkit_x\n", (None, "missing", None)),
-        # Docker 26: an empty line on stdout, then the error on stderr (captured with 2>&1).
-        ("container=\nError: No such object: buildx_buildkit_x\n", (None, "missing", None)),
+        (f'echo "running {"a" * 64} 2026-11-28T10:17:02Z moby/buildkit:v0.13.2 "', ("a" * 64, "running", None)),
+        (
+            f'echo "exited {"b" * 64} 2026-11-28T10:17:02Z moby/buildkit:v0.13.2 "',
+            ("b" * 64, "exited", "BuildKit container buildx_buildkit_x is exited"),
+        ),
+        (
+            'echo "Error: No such object: buildx_buildkit_x" >&2; exit 1',
+            (None, "missing", "BuildKit container buildx_buildkit_x is missing"),
+        ),
+        # Docker 26: an empty line on stdout, then the error on stderr.
+        (
+            'echo; echo "Error: No such object: buildx_buildkit_x" >&2; exit 1',
+            (None, "missing", "BuildKit container buildx_buildkit_x is missing"),
+        ),
     ],
 )
-def test_parse_node_check(output: str, expected: tuple[str | None, str, str | None]) -> None:
-    assert parse_node_check(output) == expected
+def test_node_check_reads_the_container(
+    tmp_path: Path, inspect: str, expected: tuple[str | None, str, str | None]
+) -> None:
+    assert _node_check(tmp_path, inspect) == expected
 
 
-def test_parse_node_check_names_an_engine_problem() -> None:
-    container, state, problem = parse_node_check(
-        "container=Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n"
+def test_node_check_names_an_engine_problem(tmp_path: Path) -> None:
+    container, state, problem = _node_check(
+        tmp_path,
+        'echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2\n'
+        "exit 1",
     )
     assert (container, state) == (None, "unknown")
     assert problem is not None and "not running" in problem
 
 
+def test_node_check_of_a_running_container_without_a_worker_or_of_another_architecture_fails() -> None:
+    running = "state=running\ninstance=" + "c" * 64 + " 2026-11-28T10:17:02Z\nbuildkit=BuildKit: x v0.13.2 y\n"
+    health = parse_probe(running + "workers=[]\n").health
+    assert health.state == "running" and health.buildkit_version == "v0.13.2"
+    assert health_problem("x", AMD, health) == "BuildKit in buildx_buildkit_x reports no worker: it cannot build"
+    health = parse_probe(running + f"workers={WORKERS}\n").health
+    assert health_problem("x", AMD, health) is None
+    problem = health_problem("x", ARM, health)
+    assert problem is not None and "runs linux/amd64 natively but the node is pinned to linux/arm64" in problem
+    assert health_problem("x", AMD, None) == "BuildKit container buildx_buildkit_x was not checked"
+
+
 def test_build_record_update_is_saved(tmp_path: Path) -> None:
-    record = BuildRecord(tmp_path / "state" / "fleet-build.json")
+    record = BuilderState(tmp_path / "state", "fleet").build_record
+    assert record.path == tmp_path / "state" / "builders" / "fleet" / "build.json"
     assert record.load()["nodes"] == {}
 
     async def go() -> None:
@@ -555,7 +614,7 @@ def test_build_record_update_is_saved(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert record.load()["nodes"] == {"arm64-1": {"last_used": 5.0}}
-    assert (tmp_path / "state" / "fleet-build.json").stat().st_mode & 0o777 == 0o600
+    assert record.path.stat().st_mode & 0o777 == 0o600
 
 
 def test_build_command_hands_everything_but_its_own_options_to_buildx() -> None:
@@ -583,7 +642,7 @@ def test_build_command_hands_everything_but_its_own_options_to_buildx() -> None:
 
 
 def test_build_report_json_keys_are_stable() -> None:
-    from nodefleet.buildreport import Attempt, BuildReport, PlatformResult
+    from nodefleet.build.report import Attempt
 
     result = PlatformResult("linux/arm64", node="arm64-2", node_platform=ARM, status="built", seconds=1.23456)
     result.attempts = [
@@ -640,3 +699,46 @@ def test_unsplittable_output_is_refused_before_any_host_is_contacted(tmp_path: P
     args = ["build", "-i", str(inventory), "--platform", "linux/amd64,linux/arm64", "-o", "type=oci,dest=x.tar", "."]
     with pytest.raises(UsageError, match="type oci cannot be made from 2 platforms"):
         cli.main(args, standalone_mode=False)
+
+
+def test_retry_excludes_every_node_of_a_one_shot_iterator() -> None:
+    native = Choice(ARM, "arm64-1")
+    assert retry_node(fleet(), native, (name for name in ["arm64-1", "arm64-2"])) is None
+    assert retry_node(fleet(), native, iter(["arm64-1"])) == "arm64-2"
+    emulated = Choice(V6, "armv7-1", emulated=True)
+    assert retry_node(fleet(), emulated, (name for name in ["armv7-1", "arm64-1"])) == "arm64-2"
+
+
+def test_assembling_the_index_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry that stops answering must not hang the build: every imagetools command runs with a finite
+    timeout, at least INDEX_TIMEOUT for the create."""
+    assert isinstance(build_index.INDEX_TIMEOUT, int | float)
+    assert math.isfinite(build_index.INDEX_TIMEOUT) and build_index.INDEX_TIMEOUT > 0
+    calls: list[tuple[list[str], object]] = []
+
+    async def fake_run_local(argv: list[str], **kwargs: object) -> LocalResult:
+        calls.append((list(argv), kwargs.get("timeout")))
+        stdout = json.dumps(INDEX) if "inspect" in argv else ""
+        return LocalResult(tuple(argv), 0, stdout, "", 0.0)
+
+    monkeypatch.setattr(build_index, "run_local", fake_run_local)
+    request = parse_request(["--push", "-t", "r/a:1", "."], platforms=(AMD, V7))
+    results = [
+        PlatformResult(AMD, node="amd64-1", status="built", metadata={"containerimage.digest": "sha256:a"}),
+        PlatformResult(V7, node="armv7-1", status="built", metadata={"containerimage.digest": "sha256:b"}),
+    ]
+    report = BuildReport("fleet", results)
+    notices: list[str] = []
+    ctx = SimpleNamespace(
+        request=request,
+        used={"amd64-1": ("helper-amd64-1", None)},
+        options=SimpleNamespace(notice=notices.append, progress=lambda _label, _line: None),
+        inventory=SimpleNamespace(defaults=SimpleNamespace(command_timeout=120.0)),
+    )
+    asyncio.run(build_index.assemble_index(ctx, report))  # type: ignore[arg-type]
+    assert [argv[3] for argv, _ in calls] == ["create", "inspect"]
+    create_timeout = calls[0][1]
+    assert isinstance(create_timeout, int | float) and math.isfinite(create_timeout)
+    assert create_timeout >= build_index.INDEX_TIMEOUT
+    assert all(isinstance(timeout, int | float) and math.isfinite(timeout) for _, timeout in calls)
+    assert report.failure is None and report.pushed and report.index_digest == "sha256:index"

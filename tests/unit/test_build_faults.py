@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodefleet.buildoutput import FailureKind, classify_failure
-from nodefleet.routing import Health, NodeView, select_nodes
+from nodefleet.build.output import FailureKind, classify_failure
+from nodefleet.build.routing import Health, NodeView, select_nodes
 
 
 def test_a_fast_failing_primary_waits_for_a_host_whose_platform_is_not_known_yet() -> None:

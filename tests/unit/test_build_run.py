@@ -6,8 +6,8 @@ import asyncio
 import sys
 import time
 
-from nodefleet.buildrun import run_streaming
-from nodefleet.buildstate import BuildOptions
+from nodefleet.build.options import BuildOptions
+from nodefleet.build.run import run_streaming
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(30)"]
 QUICK = [sys.executable, "-c", "import time; time.sleep(0.5)"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from nodefleet.fleet import FleetReport, HostResult
+from nodefleet.client import Client
+from nodefleet.fleet.work import FleetReport
+from nodefleet.results import HostResult, HostStatus
 
 HOST_KEYS = {
     "name", "address", "platform", "pinned", "role", "os", "engine", "buildkit", "native_platform",
@@ -17,8 +19,8 @@ def test_envelope_and_host_keys_are_stable() -> None:
         "up",
         "fleet",
         [
-            HostResult("a", "10.0.0.1", platform="linux/amd64", pinned=("linux/amd64",), status="healthy"),
-            HostResult("b", "10.0.0.2", status="failed", error="ssh: timed out"),
+            HostResult("a", "10.0.0.1", platform="linux/amd64", pinned=("linux/amd64",), status=HostStatus.HEALTHY),
+            HostResult("b", "10.0.0.2", status=HostStatus.FAILED, error="ssh: timed out"),
         ],
         changed=True,
         notes=["n"],
@@ -30,6 +32,7 @@ def test_envelope_and_host_keys_are_stable() -> None:
         "builder",
         "ok",
         "changed",
+        "client",
         "seconds",
         "notes",
         "hosts",
@@ -39,10 +42,21 @@ def test_envelope_and_host_keys_are_stable() -> None:
     for host in document["hosts"]:
         assert set(host) == HOST_KEYS
     assert document["hosts"][0]["pinned"] == ["linux/amd64"]
+    assert [host["status"] for host in document["hosts"]] == ["healthy", "failed"]  # the enum's value, a string
+    # `client` (the local tools' versions) joined the envelope with the restructure (d65ba76): keys only grow
+    assert document["client"] is None
+    report.client = Client("27.3.1", "0.29.1", "OpenSSH_9.6p1")
+    assert json.loads(json.dumps(report.as_json()))["client"] == {
+        "docker": "27.3.1",
+        "buildx": "0.29.1",
+        "openssh": "OpenSSH_9.6p1",
+    }
 
 
 def test_all_healthy_is_exit_zero() -> None:
     report = FleetReport(
-        "status", "f", [HostResult("a", "h", status="healthy"), HostResult("d", "h", status="disabled")]
+        "status",
+        "f",
+        [HostResult("a", "h", status=HostStatus.HEALTHY), HostResult("d", "h", status=HostStatus.DISABLED)],
     )
     assert report.ok and report.exit_code == 0
