@@ -48,6 +48,9 @@ class HostResult:
     seconds: float = 0.0
     disk_free_bytes: int | None = None
 
+    def __post_init__(self) -> None:
+        self.status = HostStatus(self.status)  # a plain string from a caller is taken as the status it names
+
     @property
     def failed(self) -> bool:
         """True when the host failed."""

@@ -34,7 +34,8 @@ class Attempt:
 
 @dataclass
 class PlatformResult:
-    """What happened to one platform; `status` is built, failed, cancelled, refused, skipped or pending."""
+    """What happened to one platform; `status` is built, failed, cancelled, refused, skipped, pending, or not built
+    (another platform was refused, so nothing was built)."""
 
     platform: str
     node: str | None = None

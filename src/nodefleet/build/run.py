@@ -104,16 +104,16 @@ async def _supervise(
         watched = {w for w in (waiter, stopper, lost) if w is not None}
         while True:
             done, _ = await asyncio.wait(watched, return_when="FIRST_COMPLETED")
-            if lost is None or lost not in done or lost.exception() is None:
+            if lost is None or lost not in done or (not lost.cancelled() and lost.exception() is None):
                 break
-            # The watch itself failed, not the node: the build goes on unwatched.
-            log.debug("node watch failed", exc_info=lost.exception())
+            # The watch itself failed (or was stopped), not the node: the build goes on unwatched.
+            log.debug("node watch ended without an answer", exc_info=None if lost.cancelled() else lost.exception())
             watched.discard(lost)
             lost = None
         if waiter not in done:
             kill_group(process)
             await waiter
-            return -1, lost.result() if lost is not None and lost in done else None
+            return -1, lost.result() if lost is not None and lost in done and not lost.cancelled() else None
         return waiter.result(), None
     finally:
         if stopper is not None:

@@ -28,10 +28,6 @@ class _BuildCommand(click.Command):
         return rest
 
 
-def _buildprogress(label: str, line: str) -> None:
-    write_err(f"[{label}] {line}" if label else line)
-
-
 def _build_progress(label: str, line: str) -> None:
     write_err(f"[{label}] {line}" if label else line)
 
