@@ -178,6 +178,40 @@ class BuilderState:
             self.dir / "helpers.json", f"another nodefleet command on {builder}", ("helpers", "gateways")
         )
 
+    def adopt_legacy(self) -> None:
+        """Move this builder's files from the flat layout of nodefleet before 0.2 (`<builder>.json`,
+        `<builder>-build.json`, `backups/<builder>.*.json` in the state folder) into its folder, once: without them,
+        `up` would take every node's config as unknown and recreate its container, and builds would refuse their own
+        helper builders as not nodefleet's."""
+        record = self.root / f"{self.builder}.json"
+        if record.is_file() and not self.record_file.exists():
+            private_dir(self.dir)
+            record.replace(self.record_file)
+        build = self.root / f"{self.builder}-build.json"
+        old: dict[str, Any] = {"builder": ""}
+        if build.is_file():
+            old = JsonRecord(build, "", ("nodes", "helpers", "gateways")).load()
+        # `<builder>-build.json` may also be the `up` record of a builder named `<builder>-build`: that one names its
+        # builder, a build record does not.
+        if "builder" not in old:
+            if not self.build_record.path.exists():
+                write_private_json(self.build_record.path, {"version": STATE_VERSION, "nodes": old["nodes"]})
+            if not self.helper_record.path.exists():
+                helpers = {
+                    kind: {
+                        name: {**entry, "node": name.split("--", 1)[1]}
+                        for name, entry in old[kind].items()
+                        if isinstance(entry, dict) and name.startswith(f"{self.builder}--")
+                    }
+                    for kind in ("helpers", "gateways")
+                }
+                write_private_json(self.helper_record.path, {"version": STATE_VERSION, **helpers})
+            build.unlink()
+        for backup in sorted((self.root / "backups").glob(f"{self.builder}.*.json")):
+            private_dir(self.backup_dir)
+            backup.replace(self.backup_dir / backup.name)
+        (self.root / f"{self.builder}-buildkitd.toml").unlink(missing_ok=True)
+
     def load_digests(self) -> dict[str, str] | None:
         """Config digests `up` applied to each node of the builder, by node name; None when there is no readable
         record (never made, lost or damaged): the caller must not take that as "nothing applied"."""

@@ -251,3 +251,23 @@ def test_an_old_buildx_is_named() -> None:
     assert parse_buildx_version("github.com/docker/buildx 0.12.1+ds1 abc") == (0, 12, 1)
     assert parse_buildx_version("github.com/docker/buildx v0.29.1 abc") == (0, 29, 1)
     assert parse_buildx_version("docker: 'buildx' is not a docker command.") is None
+
+
+def test_the_flat_state_of_older_versions_is_adopted_without_touching_another_builders(tmp_path: Path) -> None:
+    (tmp_path / "backups").mkdir()
+    (tmp_path / "ci.json").write_text(
+        json.dumps({"version": 1, "builder": "ci", "nodes": {"a": {"config_digest": "d"}}})
+    )
+    build = {"version": 1, "nodes": {"a": {"last_used": 1.0}}, "helpers": {"ci--a": {"config_digest": "d"}}}
+    (tmp_path / "ci-build.json").write_text(json.dumps(build))
+    (tmp_path / "backups" / "ci.1.json").write_text("{}")
+    other = {"version": 1, "builder": "x-build", "nodes": {}}
+    (tmp_path / "x-build.json").write_text(json.dumps(other))
+    ci = BuilderState(tmp_path, "ci")
+    ci.adopt_legacy()
+    assert ci.load_digests() == {"a": "d"}
+    assert ci.build_record.load()["nodes"] == {"a": {"last_used": 1.0}}
+    assert ci.helper_record.load()["helpers"] == {"ci--a": {"config_digest": "d", "node": "a"}}
+    assert (ci.backup_dir / "ci.1.json").exists()
+    BuilderState(tmp_path, "x").adopt_legacy()  # x-build.json is builder x-build's up record, not x's build record
+    assert json.loads((tmp_path / "x-build.json").read_text()) == other

@@ -41,6 +41,7 @@ async def build(inventory: Inventory, request: BuildRequest, options: BuildOptio
     check_outputs(request, len(request.platforms))
     state = BuilderState(options.state_dir or default_state_dir(), inventory.builder)
     async with state.lock.hold_async(options.lock_wait, shared=True, on_wait=options.notice):
+        state.adopt_legacy()
         ctx = Context(inventory, request, options, state)
         try:
             await _build(ctx, report)

@@ -29,6 +29,7 @@ async def down(inventory: Inventory, options: FleetOptions | None = None) -> Fle
     started = time.monotonic()
     notes: list[str] = []
     async with state.lock.hold_async(options.lock_wait, on_wait=options.notice):
+        state.adopt_legacy()
         try:
             stored = store.read_store(inventory.builder)
         except store.CorruptStoreError as exc:

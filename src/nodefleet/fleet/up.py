@@ -43,6 +43,7 @@ async def up(inventory: Inventory, options: FleetOptions | None = None) -> Fleet
     state = BuilderState(options.state_dir or default_state_dir(), inventory.builder)
     started = time.monotonic()
     async with state.lock.hold_async(options.lock_wait, on_wait=options.notice):
+        state.adopt_legacy()
         report = await _up_locked(inventory, options, state)
     report.seconds = time.monotonic() - started
     return report
