@@ -127,7 +127,7 @@ def volume_exists(lab: Any, host: str, node: str) -> bool:
 
 def buildx_builders(env: Mapping[str, str] | None = None) -> set[str]:
     """Names of the builders in buildx's store on this machine (read from the store, contacting no node)."""
-    from nodefleet.buildx import store_dir
+    from nodefleet.buildx.store import store_dir
 
     instances = store_dir({**os.environ, **(env or {})}) / "instances"
     return {path.name for path in instances.iterdir()} if instances.is_dir() else set()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from nodefleet.buildx import read_store
+from nodefleet.buildx.store import read_store
 
 from .fleetlib import REPO, Run, buildx_builders, host_docker, lab_data, nodefleet, write_inventory
 

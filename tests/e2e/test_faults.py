@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from nodefleet import buildx
+from nodefleet.buildx import store as buildx_store
 
 from .faultmatrix import CASES, FAULTED, HOSTS, PINS, Case, results_file
 from .fleetlib import REPO, buildx_env, buildx_version, container_id, host_docker, lab_data, write_inventory
@@ -199,13 +199,13 @@ class FaultFleet:
     # ---- state
 
     def instance_file(self) -> Path:
-        return buildx.instance_file(self.builder, {"BUILDX_CONFIG": str(self.store)})
+        return buildx_store.instance_file(self.builder, {"BUILDX_CONFIG": str(self.store)})
 
     def pins(self) -> dict[str, tuple[str, ...]] | None:
         """The builder's nodes and pins as buildx's store has them; None when it has no such builder."""
         try:
-            stored = buildx.read_store(self.builder, {"BUILDX_CONFIG": str(self.store)})
-        except buildx.CorruptStoreError:
+            stored = buildx_store.read_store(self.builder, {"BUILDX_CONFIG": str(self.store)})
+        except buildx_store.CorruptStoreError:
             return {"<unreadable>": ()}
         return None if stored is None else {node.name: node.platforms for node in stored.nodes}
 

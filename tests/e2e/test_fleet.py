@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nodefleet.buildx import read_store
+from nodefleet.buildx.store import read_store
 
 from .fleetlib import (
     buildx_builders,

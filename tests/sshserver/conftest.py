@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +15,65 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from nodefleet.client import MIN_BUILDX, Client, parse_buildx_version
 from nodefleet.ssh import SSHTarget
+
+# A client the fleet commands accept, for a machine without a docker CLI with buildx: the sshserver tier is about SSH
+# edge cases, not about the local tools (the e2e tier checks those for real, never stubbed).
+STUB_CLIENT = Client(docker="27.0.0-stub", buildx="v0.13.0", openssh="OpenSSH_stub")
+STUB_DOCKER = """#!/bin/sh
+# A docker CLI whose buildx plugin answers `version` (nodefleet's client check) and nothing else: every other
+# command goes to the real docker CLI, if any, which fails as it would without a fleet.
+case "$1 $2" in
+  "buildx version") echo "github.com/docker/buildx v0.13.0 stub"; exit 0 ;;
+  "version --format") echo "27.0.0-stub"; exit 0 ;;
+esac
+[ -n "$REAL_DOCKER" ] && exec "$REAL_DOCKER" "$@"
+echo "docker: '$1' is not a docker command (sshserver stub)" >&2
+exit 1
+"""
+
+
+@functools.cache
+def real_client() -> bool:
+    """True when this machine has the docker CLI with a buildx plugin and ssh, as nodefleet requires."""
+    if shutil.which("docker") is None or shutil.which("ssh") is None:
+        return False
+    try:
+        answer = subprocess.run(
+            ["docker", "buildx", "version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    version = parse_buildx_version(answer.stdout) if answer.returncode == 0 else None
+    return version is not None and version >= MIN_BUILDX
+
+
+@pytest.fixture
+def local_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process fleet commands see a usable local client: the real one when this machine has it, else a stub."""
+    if real_client():
+        return
+
+    async def stub(timeout: float = 30.0) -> Client:
+        return STUB_CLIENT
+
+    monkeypatch.setattr("nodefleet.fleet.work.check_client", stub)
+    monkeypatch.setattr("nodefleet.build.command.check_client", stub)
+
+
+@pytest.fixture
+def client_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for the command line in a subprocess: PATH with a docker CLI that has buildx (a stub shadowing
+    the real CLI's missing plugin when this machine has none)."""
+    if real_client():
+        return {}
+    folder = tmp_path / "client-bin"
+    folder.mkdir()
+    docker = folder / "docker"
+    docker.write_text(STUB_DOCKER)
+    docker.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}", "REAL_DOCKER": shutil.which("docker") or ""}
 
 
 async def _shell_session(process: asyncssh.SSHServerProcess[bytes]) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import asyncssh
 
-from nodefleet import fleet
+from nodefleet.fleet.status import status
+from nodefleet.fleet.work import FleetOptions
 from nodefleet.inventory import load_inventory
 
 from .conftest import Server
@@ -20,7 +21,9 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_status_reports_every_host(ssh_server: Server, tmp_path: Path, monkeypatch: object) -> None:
+async def test_status_reports_every_host(
+    ssh_server: Server, tmp_path: Path, monkeypatch: object, local_client: None
+) -> None:
     ssh_server.trust()
     # A second server whose recorded key is not the one it presents: a "reinstalled" host.
     rekeyed = await asyncssh.listen(
@@ -61,7 +64,7 @@ enabled = false
     inventory = load_inventory(inventory_file)
     monkeypatch.setenv("BUILDX_CONFIG", str(tmp_path / "buildx"))  # type: ignore[attr-defined]
     try:
-        report = await fleet.status(inventory, fleet.FleetOptions(state_dir=tmp_path / "state"))
+        report = await status(inventory, FleetOptions(state_dir=tmp_path / "state"))
     finally:
         rekeyed.close()
     by_name = {host.name: host for host in report.hosts}
@@ -84,5 +87,5 @@ enabled = false
     fingerprint = ssh_server.host_key.get_fingerprint("sha256")
     assert list(cached) == [f"127.0.0.1:{ssh_server.port} {fingerprint}"]
     assert cached[f"127.0.0.1:{ssh_server.port} {fingerprint}"]["machine"]
-    again = await fleet.status(inventory, fleet.FleetOptions(state_dir=tmp_path / "state"))
+    again = await status(inventory, FleetOptions(state_dir=tmp_path / "state"))
     assert {host.name: host.platform for host in again.hosts}["good"] == by_name["good"].platform

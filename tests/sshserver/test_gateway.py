@@ -1,4 +1,5 @@
-"""nodefleet.gateway against a real asyncssh server: a node's door is shut until opened, then relays both ways."""
+"""nodefleet.buildx.gateway against a real asyncssh server: a node's door is shut until opened, then relays both
+ways."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nodefleet.gateway import Gateway, socket_path
+from nodefleet.buildx.gateway import Gateway, socket_path
 from nodefleet.ssh import open_session
 
 from .conftest import Server

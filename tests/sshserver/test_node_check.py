@@ -1,4 +1,5 @@
-"""`check_node` (the health check `nodefleet build` runs) over real SSH, against a stub docker CLI."""
+"""`check_node` (nodefleet.build.checks: the health check `nodefleet build` runs) over real SSH, against a stub
+docker CLI."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from nodefleet import fleet
+from nodefleet.build.checks import check_node
+from nodefleet.fleet.down import down
+from nodefleet.fleet.status import status
+from nodefleet.fleet.work import FleetOptions
+from nodefleet.host.cache import ProbeCache
 from nodefleet.inventory import load_inventory
 
 from .conftest import Server
 
 CONTAINER_ID = "c0ffee" * 10 + "abcd"
+STARTED_AT = "2026-12-04T10:00:00.123456789Z"
 WORKERS = '[{"id":"w1","platforms":[{"architecture":"amd64","os":"linux"},{"architecture":"386","os":"linux"}]}]'
 
 
@@ -32,8 +38,10 @@ def _stub_docker(folder: Path, state: str) -> None:
     docker = folder / "docker"
     docker.write_text(
         "#!/bin/sh\n"
-        f'[ "$1" = inspect ] && {{ echo "{CONTAINER_ID} {state}"; exit 0; }}\n'
-        f"[ \"$1\" = exec ] && {{ echo '{WORKERS}'; exit 0; }}\n"
+        # The probe's inspect format: state, id, start time, image, the state volume's folder.
+        f'[ "$1" = inspect ] && {{ echo "{state} {CONTAINER_ID} {STARTED_AT} moby/buildkit:stub"; exit 0; }}\n'
+        '[ "$1 $4 $5" = "exec debug info" ] && { echo "BuildKit: github.com/moby/buildkit v0.13.2 abc"; exit 0; }\n'
+        f"[ \"$1 $4 $5\" = 'exec debug workers' ] && {{ echo '{WORKERS}'; exit 0; }}\n"
         "exit 1\n"
     )
     docker.chmod(0o755)
@@ -48,14 +56,26 @@ async def test_check_node_judges_a_running_container_by_its_workers(
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")  # the server's sessions inherit it
     path = _inventory(ssh_server, tmp_path, 'platforms = ["linux/amd64"]\n')
     inventory = load_inventory(path)
-    check = await fleet.check_node(inventory, inventory.hosts[0])
-    assert check.healthy is healthy, check.result
-    assert check.container_id == CONTAINER_ID
-    if healthy:
-        assert check.worker_platforms == ("linux/amd64", "linux/386")
-        assert check.result.native_platform == "linux/amd64"
-    else:
-        assert f"is {state}" in (check.result.error or "")
+    cache = ProbeCache(tmp_path / "state")
+    check = await check_node(inventory, inventory.hosts[0], cache)
+    try:
+        assert check.healthy is healthy, check.result
+        # NodeCheck no longer carries the container id: the check keeps the running container it judged (its id and
+        # start time) in the probe cache, so that the next check does not ask its BuildKit again.
+        instance = cache.instance(f"127.0.0.1:{ssh_server.port} buildx_buildkit_local")
+        if healthy:
+            assert instance == f"{CONTAINER_ID} {STARTED_AT}"
+            assert check.worker_platforms == ("linux/amd64", "linux/386")
+            assert check.result.native_platform == "linux/amd64"
+            assert check.result.buildkit == "v0.13.2"
+            assert check.session is not None  # a healthy node's session is handed over, open
+        else:
+            assert instance is None
+            assert f"is {state}" in (check.result.error or "")
+            assert check.session is None
+    finally:
+        if check.session is not None:
+            await check.session.close()
 
 
 async def test_down_says_in_one_line_why_a_container_could_not_be_removed(
@@ -65,7 +85,7 @@ async def test_down_says_in_one_line_why_a_container_could_not_be_removed(
     ssh_server.trust()
     monkeypatch.setenv("BUILDX_CONFIG", str(tmp_path / "buildx"))
     path = _inventory(ssh_server, tmp_path)
-    report = await fleet.down(load_inventory(path), fleet.FleetOptions(state_dir=tmp_path / "state"))
+    report = await down(load_inventory(path), FleetOptions(state_dir=tmp_path / "state"))
     (host,) = report.hosts
     assert report.exit_code == 1 and host.status == "failed"
     assert host.error is not None and "\n" not in host.error
@@ -74,7 +94,7 @@ async def test_down_says_in_one_line_why_a_container_could_not_be_removed(
 
 
 async def test_status_with_an_unreadable_builder_file_says_so_and_changes_nothing(
-    ssh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ssh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_client: None
 ) -> None:
     ssh_server.trust()
     monkeypatch.setenv("BUILDX_CONFIG", str(tmp_path / "buildx"))
@@ -82,7 +102,7 @@ async def test_status_with_an_unreadable_builder_file_says_so_and_changes_nothin
     instance.parent.mkdir(parents=True)
     instance.write_text('{"Name": "nodefleet", "Nodes": [ garbage')
     path = _inventory(ssh_server, tmp_path)
-    report = await fleet.status(load_inventory(path), fleet.FleetOptions(state_dir=tmp_path / "state"))
+    report = await status(load_inventory(path), FleetOptions(state_dir=tmp_path / "state"))
     assert report.exit_code == 1
     (note,) = report.notes
     assert note.startswith(f"{instance}: ") and "`nodefleet up` restores it from nodefleet's backup" in note

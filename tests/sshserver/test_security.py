@@ -143,11 +143,14 @@ def test_product_code_never_disables_host_key_checking() -> None:
         re.compile(r"UserKnownHostsFile\s*=\s*(/dev/null|none)", re.IGNORECASE),
         re.compile(r"HostKeyAlgorithms"),
     ]
-    for path in sorted((REPO / "src" / "nodefleet").glob("*.py")):
+    source = REPO / "src" / "nodefleet"
+    paths = sorted(source.rglob("*.py"))
+    assert any(path.parent != source for path in paths)  # the packages' modules too, not the top level alone
+    for path in paths:
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             code = line.split("#", 1)[0]
             for pattern in forbidden:
-                assert not pattern.search(code), f"{path.name}:{number}: {line.strip()}"
+                assert not pattern.search(code), f"{path.relative_to(source)}:{number}: {line.strip()}"
 
 
 # ---------------------------------------------------------------------------------------------- the CLI end to end
@@ -191,21 +194,21 @@ def _env(tmp_path: Path, home: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("config", ["known-hosts-none", "known-hosts-dev-null"])
 async def test_cli_refuses_an_unknown_host_under_a_lax_openssh_config(
-    ssh_server: Server, tmp_path: Path, config: str
+    ssh_server: Server, tmp_path: Path, config: str, client_env: dict[str, str]
 ) -> None:
     home = _home(tmp_path, LAX_CONFIGS[config])
     inventory = _inventory(
         tmp_path / "inventory.toml", ssh_server, known_hosts=None, identity=ssh_server.client_key_path
     )
     for command in ("status", "up", "down"):
-        code, out, err = await _cli(command, "--json", "-i", str(inventory), env=_env(tmp_path, home))
+        code, out, err = await _cli(command, "--json", "-i", str(inventory), env={**_env(tmp_path, home), **client_env})
         assert code == 1, (command, out, err)
         (host,) = [host for host in json.loads(out)["hosts"] if host["name"] == "local"]
         assert host["status"] == "failed"
         assert "host key of 127.0.0.1" in (host["error"] or ""), host
 
 
-async def test_no_secret_in_logs_json_or_errors(ssh_server: Server, tmp_path: Path) -> None:
+async def test_no_secret_in_logs_json_or_errors(ssh_server: Server, tmp_path: Path, client_env: dict[str, str]) -> None:
     """A key passphrase and registry credentials never reach nodefleet's stdout or its -vv log."""
     ssh_server.trust()
     passphrase = "pp-Sekret-7f3a9c"
@@ -222,7 +225,7 @@ async def test_no_secret_in_logs_json_or_errors(ssh_server: Server, tmp_path: Pa
         json.dumps({"auths": {"127.0.0.1:5443": {"auth": auth}, "10.231.0.1:5443": {"identitytoken": token}}})
     )
     home = _home(tmp_path, "")
-    env = {**_env(tmp_path, home), "NF_SECRET": password}
+    env = {**_env(tmp_path, home), **client_env, "NF_SECRET": password}
     secrets = [passphrase, password, token, auth, encrypted.read_text().splitlines()[1]]
     registries = '[registries."127.0.0.1:5443"]\ninsecure = true\n'
     runs = []
@@ -274,7 +277,9 @@ async def test_known_hosts_recorded_on_first_use_is_private(ssh_server: Server, 
     assert _mode(known_hosts.parent) == 0o700
 
 
-async def test_state_files_written_by_the_cli_are_private(ssh_server: Server, tmp_path: Path) -> None:
+async def test_state_files_written_by_the_cli_are_private(
+    ssh_server: Server, tmp_path: Path, client_env: dict[str, str]
+) -> None:
     ssh_server.trust()
     inventory = _inventory(
         tmp_path / "inventory.toml",
@@ -284,18 +289,22 @@ async def test_state_files_written_by_the_cli_are_private(ssh_server: Server, tm
         registries=f'[registries."127.0.0.1:5443"]\nca_file = "{tmp_path / "ca.crt"}"\n',
     )
     (tmp_path / "ca.crt").write_text("not a real CA\n")
-    env = _env(tmp_path, _home(tmp_path, ""))
+    env = {**_env(tmp_path, _home(tmp_path, "")), **client_env}
+    state = tmp_path / "state"
+    seen: set[Path] = set()
     previous = os.umask(0)
     try:
         for command in ("up", "status", "down"):
             await _cli(command, "--json", "-i", str(inventory), env=env)
+            # After each command: `down` forgets the builder's files (its buildkitd.toml too), so they are looked at
+            # while they are there.
+            assert _mode(state) == 0o700
+            files = [path for path in state.rglob("*") if path.is_file()]
+            seen.update(files)
+            for path in files:
+                assert _mode(path) == 0o600, (command, path)
+            for folder in [path for path in state.rglob("*") if path.is_dir()]:
+                assert _mode(folder) == 0o700, (command, folder)
     finally:
         os.umask(previous)
-    state = tmp_path / "state"
-    assert _mode(state) == 0o700
-    files = [path for path in state.rglob("*") if path.is_file()]
-    assert any(path.name == "sectest-buildkitd.toml" for path in files), files
-    for path in files:
-        assert _mode(path) == 0o600, path
-    for folder in [path for path in state.rglob("*") if path.is_dir()]:
-        assert _mode(folder) == 0o700, folder
+    assert state / "builders" / "sectest" / "buildkitd.toml" in seen, seen
