@@ -50,8 +50,12 @@ def write_private_json(path: Path, document: Any) -> None:
 
 
 def private_dir(path: Path) -> Path:
-    """Create a folder (and its parents) only its owner can enter; an existing folder is left as it is."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create a folder, and each missing parent, only its owner can enter (mkdir's `parents` would make the parents
+    with the umask's mode); an existing folder is left as it is."""
+    if not path.is_dir():
+        if not path.parent.is_dir():
+            private_dir(path.parent)
+        path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
