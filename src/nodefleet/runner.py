@@ -9,13 +9,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nodefleet.errors import CommandError
+from nodefleet.redact import shown_command
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,14 @@ async def run_local(
     check: bool = True,
 ) -> LocalResult:
     """Run a local command within `timeout`; on time-out or cancel, kill it and its group and reap it."""
-    log.debug("run %s", shlex.join(argv))
+    log.debug("run %s", shown_command(argv))
     started = time.monotonic()
     process = await start(argv, stdin=stdin is not None, env=env)
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
     except TimeoutError:
         await kill_and_reap(process)
-        raise CommandError(shlex.join(argv), None, f"timed out after {timeout:g} s") from None
+        raise CommandError(shown_command(argv), None, f"timed out after {timeout:g} s") from None
     except asyncio.CancelledError:
         await kill_and_reap(process)
         raise
@@ -66,7 +66,7 @@ async def run_local(
         time.monotonic() - started,
     )
     if check and not result.ok:
-        raise CommandError(shlex.join(argv), result.exit_status, result.stderr, result.stdout)
+        raise CommandError(shown_command(argv), result.exit_status, result.stderr, result.stdout)
     return result
 
 
@@ -91,7 +91,7 @@ async def start(
             limit=1 << 20,
         )
     except FileNotFoundError:
-        raise CommandError(shlex.join(argv), None, f"{argv[0]}: command not found on this machine") from None
+        raise CommandError(shown_command(argv), None, f"{argv[0]}: command not found on this machine") from None
 
 
 def kill_group(process: asyncio.subprocess.Process) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from nodefleet.build.options import BuildOptions
 from nodefleet.build.output import StepCounter
+from nodefleet.redact import shown_command
 from nodefleet.runner import kill_and_reap, kill_group, start
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ async def run_streaming(
     """Run buildx, passing each progress line on as it comes; killed (with its process group) on abort, on cancel,
     or when `lost` answers (the node stopped answering: its reason is kept in the result). With `hold`, its lines
     are kept back until `hold` answers True (a buildx started before its node was chosen), and dropped otherwise."""
-    log.debug("run %s", shlex.join(argv))
+    log.debug("run %s", shown_command(argv))
     started = time.monotonic()
     process = await start(
         argv, stdin=stdin is not None, stdout=not options.inherit_stdout, stderr=not inherit_stderr, env=env
