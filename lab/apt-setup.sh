@@ -20,8 +20,11 @@ Pin-Priority: 50'
 changed=0
 if [ "$(cat "$src" 2>/dev/null)" != "$want_src" ]; then printf '%s\n' "$want_src" >"$src"; changed=1; fi
 if [ "$(cat "$pref" 2>/dev/null)" != "$want_pref" ]; then printf '%s\n' "$want_pref" >"$pref"; changed=1; fi
+# Read once, not piped into `grep -q`: grep quitting early may kill dpkg with SIGPIPE, and under pipefail that read
+# as "architecture missing" and forced an apt-get update on every run.
+foreign=$(dpkg --print-foreign-architectures)
 for arch in arm64 armhf armel; do
-  if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then dpkg --add-architecture "$arch"; changed=1; fi
+  if ! grep -qx "$arch" <<<"$foreign"; then dpkg --add-architecture "$arch"; changed=1; fi
 done
 stamp=/var/lib/apt/nodefleet-lab.updated
 if [ "$changed" = 1 ] || [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +720)" ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything nodefleet's tests need on a Debian 12 (bookworm) x86_64 machine, as root:
-#   - Debian packages for the lab (docker.io 26 + docker-buildx from trixie, OpenSSH, qemu-user binfmt,
-#     docker-registry, ...) and for lab/buildkit/build.sh (patch, xz-utils);
+#   - the Debian packages of lab/install-plan.txt: docker.io 26, docker-cli and docker-buildx from trixie, the rest
+#     (OpenSSH, qemu-user binfmt, docker-registry, containerd, runc, shellcheck, debootstrap, python3-venv, ...)
+#     from bookworm; nothing else moves to trixie (lab/install-packages.sh);
 #   - the project itself with its `dev` extra, editable, in .venv (what README and .ci/run use).
 # Idempotent, and quick when everything is already there (no apt or pip run at all).
 set -euo pipefail
@@ -10,39 +11,26 @@ export DEBIAN_FRONTEND=noninteractive
 
 [ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }
 
-# From trixie: bookworm's docker.io 20.10 cannot start privileged containers here, and trixie's openssh-server
-# must match the trixie openssh-client that docker.io pulls in (shared/lab-facts.md).
-trixie_packages=(
-  docker.io docker-buildx docker-registry openssh-server openssh-client
-  qemu-user-static binfmt-support iproute2 busybox-static openssl ca-certificates
-)
-# From the machine's own release: what lab/buildkit/build.sh needs besides the above.
-packages=(patch xz-utils)
-
-missing=()
-for pkg in "${trixie_packages[@]}" "${packages[@]}"; do
-  status=$(dpkg-query -W -f '${db:Status-Status}' "$pkg" 2>/dev/null || true)
-  [ "$status" = installed ] || missing+=("$pkg")
-done
-# A docker.io from bookworm (20.10) is installed but unusable: upgrade it from trixie.
-docker_version=$(dpkg-query -W -f '${Version}' docker.io 2>/dev/null || true)
-case "$docker_version" in 20.* | 18.*) missing+=(docker.io) ;; esac
+# Debian packages: lab/install-plan.txt names each with the release it comes from. Only docker.io, docker-cli and
+# docker-buildx come from trixie (by name, PACKAGE/trixie); everything else, their dependencies included, stays on
+# bookworm. lab/install-packages.sh simulates the install first and refuses one that would take anything else
+# from trixie or unstable (a plain `apt-get install -t trixie` upgraded 124 packages to Debian 13, libc6 and
+# python3 among them).
+missing=$(./lab/install-packages.sh --missing)
 foreign=$(dpkg --print-foreign-architectures)
 for arch in arm64 armhf armel; do
-  grep -qx "$arch" <<<"$foreign" || missing+=("(foreign architecture $arch)")
+  grep -qx "$arch" <<<"$foreign" || missing+=" (foreign architecture $arch)"
 done
-
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "install-deps: installing ${missing[*]}"
+if [ -n "$missing" ]; then
+  echo "install-deps: installing: $(tr '\n' ' ' <<<"$missing")"
   ./lab/apt-setup.sh
-  apt-get install -y -q -t trixie "${trixie_packages[@]}"
-  apt-get install -y -q "${packages[@]}"
+  ./lab/install-packages.sh
 else
   echo "install-deps: Debian packages present"
 fi
 
 # The lab needs these at run time; fail here, by name, rather than in the middle of a test session.
-for tool in dockerd docker-registry /usr/sbin/sshd qemu-aarch64 qemu-arm nsenter ip openssl update-ca-certificates; do
+for tool in dockerd docker-registry /usr/sbin/sshd qemu-aarch64-static qemu-arm-static nsenter ip openssl update-ca-certificates; do
   command -v "$tool" >/dev/null || { echo "install-deps: $tool still missing after apt-get install" >&2; exit 1; }
 done
 [ -x /usr/libexec/docker/cli-plugins/docker-buildx ] || { echo "install-deps: docker-buildx plugin missing" >&2; exit 1; }
@@ -63,6 +51,25 @@ if [ ! -x "$buildx_dir/docker-buildx" ]; then
 fi
 "$buildx_dir/docker-buildx" version >/dev/null || { echo "install-deps: $buildx_dir/docker-buildx does not run" >&2; exit 1; }
 
+# A Python >= 3.11 that can make a venv: python3 on PATH first (so .venv runs the interpreter the user runs, e.g.
+# pyenv's), else Debian's /usr/bin/python3 (with python3-venv, installed above).
+make_venv() {
+  local py
+  for py in python3 /usr/bin/python3; do
+    command -v "$py" >/dev/null || continue
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || continue
+    rm -rf .venv
+    if "$py" -m venv .venv >/dev/null 2>&1 && .venv/bin/python -m pip --version >/dev/null 2>&1; then
+      echo "install-deps: .venv made with $("$py" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+      return 0
+    fi
+    echo "install-deps: $py -m venv failed; trying the next Python" >&2
+  done
+  rm -rf .venv
+  echo "install-deps: no Python >= 3.11 could make .venv (python3-venv missing?)" >&2
+  return 1
+}
+
 if [ -f pyproject.toml ]; then
   stamp=.venv/.install-deps.stamp
   want=$(sha256sum pyproject.toml | cut -d' ' -f1)
@@ -70,7 +77,7 @@ if [ -f pyproject.toml ]; then
     echo "install-deps: .venv up to date"
   else
     echo "install-deps: installing the project with its dev extra into .venv"
-    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/python -m pip --version >/dev/null 2>&1 || make_venv
     .venv/bin/python -m pip install -q -e '.[dev]'
     echo "$want" >"$stamp"
   fi

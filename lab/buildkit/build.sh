@@ -121,7 +121,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2
 fi
 for tool in apt-get dpkg-deb tar sha256sum flock chroot od qemu-aarch64-static qemu-arm-static; do
-  command -v "$tool" >/dev/null || die "missing $tool (qemu-*-static: apt-get install -t trixie qemu-user-static)"
+  command -v "$tool" >/dev/null || die "missing $tool (qemu-*-static: lab/install-deps.sh installs qemu-user-static)"
 done
 [ -x /usr/lib/apt/apt-helper ] || die "missing /usr/lib/apt/apt-helper (package apt)"
 

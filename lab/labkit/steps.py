@@ -24,11 +24,11 @@ REQUIRED = {
     "ip": "iproute2",
     "nsenter": "util-linux",
     "mount": "mount",
-    "dockerd": "docker.io (-t trixie)",
+    "dockerd": "docker.io (from trixie)",
     "containerd": "containerd (with docker.io)",
     "runc": "runc (with docker.io)",
     "/usr/bin/docker": "docker-cli (with docker.io)",
-    "/usr/sbin/sshd": "openssh-server (-t trixie)",
+    "/usr/sbin/sshd": "openssh-server",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "docker-registry": "docker-registry",
@@ -40,7 +40,9 @@ REQUIRED = {
     "ldd": "libc-bin",
     "bash": "bash",
 }
-REQUIRED_EMULATED = {"qemu-aarch64": "qemu-user-static", "qemu-arm": "qemu-user-static"}
+# The names both bookworm's and trixie's qemu-user-static ship (bookworm's has no plain qemu-aarch64); the binfmt
+# rules point at them through /usr/libexec/qemu-binfmt.
+REQUIRED_EMULATED = {"qemu-aarch64-static": "qemu-user-static", "qemu-arm-static": "qemu-user-static"}
 
 
 class UpRun:
