@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from nodefleet.errors import NodefleetError
 from nodefleet.platforms import join_platform
@@ -126,3 +127,27 @@ def latest_backup(builder: str, backup_dir: Path) -> Path | None:
             continue
         return candidate
     return None
+
+
+def builders_sharing(
+    node: str, address: str, exclude: Collection[str], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The builders in buildx's store, other than `exclude`, that list a node of this name on a host of this
+    address (whatever user or port they log in with): they use the same BuildKit container and state volume there,
+    since the driver names both after the node."""
+    sharing = []
+    try:
+        names = sorted(path.name for path in (store_dir(environ) / "instances").iterdir())
+    except OSError:
+        return []
+    for name in names:
+        if name in exclude:
+            continue
+        try:
+            stored = read_store(name, environ)
+        except (OSError, CorruptStoreError):
+            continue
+        found = stored.node(node) if stored is not None else None
+        if found is not None and urlsplit(found.endpoint).hostname == address.strip("[]").lower():
+            sharing.append(name)
+    return sharing

@@ -112,13 +112,18 @@ def status(inventory_path: str, as_json: bool, parallel: int | None) -> None:
 @json_option
 @parallel_option
 @click.option("--keep-state", is_flag=True, help="Keep the BuildKit state volumes (build cache) on the hosts.")
-def down(inventory_path: str, as_json: bool, parallel: int | None, keep_state: bool) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also remove BuildKit containers and caches that another builder on this machine still lists.",
+)
+def down(inventory_path: str, as_json: bool, parallel: int | None, keep_state: bool, force: bool) -> None:
     """Remove the builder and the BuildKit containers nodefleet made on the hosts."""
     from nodefleet.fleet.down import down as fleet_down
     from nodefleet.fleet.work import FleetOptions
 
     inventory = load(inventory_path)
-    options = FleetOptions(parallel=parallel, keep_state=keep_state, notice=_notice)
+    options = FleetOptions(parallel=parallel, keep_state=keep_state, force=force, notice=_notice)
     report = run(fleet_down(inventory, options), tables=not as_json)
     render(report, as_json)
     raise SystemExit(report.exit_code)

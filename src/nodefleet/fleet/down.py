@@ -12,7 +12,7 @@ from nodefleet.buildx.argv import leave_argv, rm_argv
 from nodefleet.buildx.helpers import remove_helpers
 from nodefleet.buildx.store import StoredBuilder
 from nodefleet.errors import CommandError
-from nodefleet.fleet.remove import clean_hosts
+from nodefleet.fleet.remove import clean_hosts, keep_shared
 from nodefleet.fleet.work import FleetOptions, FleetReport
 from nodefleet.host.openssh import check_openssh_path
 from nodefleet.inventory import Inventory
@@ -46,6 +46,7 @@ async def down(inventory: Inventory, options: FleetOptions | None = None) -> Fle
         }
         await load_ssh_stack()
         jobs = [(target, results[name]) for name, target in targets.items()]
+        jobs = keep_shared(inventory, options, state, jobs, notes)
         await clean_hosts(inventory, options, state, jobs, keep_state=options.keep_state)
         uncleaned = {name for name, result in results.items() if result.failed}
         if stored is not None or store.instance_file(inventory.builder).exists():

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from nodefleet.buildx.argv import rm_argv
 from nodefleet.buildx.gateway import Gateway, buildx_environment
-from nodefleet.buildx.helpers import GATEWAYS, helper_name
-from nodefleet.buildx.store import StoredBuilder, instance_file
+from nodefleet.buildx.helpers import GATEWAYS, HELPERS, helper_name, recorded_helpers
+from nodefleet.buildx.nodes import container_name
+from nodefleet.buildx.store import StoredBuilder, builders_sharing, instance_file
 from nodefleet.fanout import each, guarded
 from nodefleet.fleet.plan import Action, NodeChange
 from nodefleet.fleet.work import FleetOptions
@@ -32,6 +33,7 @@ async def remove_hosts(
     state: BuilderState,
     stored: StoredBuilder | None,
     changes: Sequence[NodeChange],
+    notes: list[str],
 ) -> list[HostResult]:
     """Remove the BuildKit container and volume of nodes that left the builder from their hosts."""
     jobs: list[tuple[SSHTarget, HostResult]] = []
@@ -47,8 +49,35 @@ async def remove_hosts(
         results.append(result)
         if target is not None:
             jobs.append((target, result))
-    await clean_hosts(inventory, options, state, jobs, keep_state=False)
+    await clean_hosts(inventory, options, state, keep_shared(inventory, options, state, jobs, notes), keep_state=False)
     return results
+
+
+def keep_shared(
+    inventory: Inventory,
+    options: FleetOptions,
+    state: BuilderState,
+    jobs: Sequence[tuple[SSHTarget, HostResult]],
+    notes: list[str],
+) -> list[tuple[SSHTarget, HostResult]]:
+    """The jobs whose node's container no other builder on this machine lists. A container (and its cache volume)
+    that another builder lists is kept, with a note saying which builder and how to remove it anyway (--force)."""
+    if options.force:
+        return list(jobs)
+    own = {inventory.builder, *recorded_helpers(state, HELPERS)}
+    kept = []
+    for target, result in jobs:
+        others = builders_sharing(target.name, target.address, own)
+        if not others:
+            kept.append((target, result))
+            continue
+        result.action = "keep"
+        notes.append(
+            f"{target.name}: BuildKit container {container_name(target.name)} and its cache kept: builder "
+            f"{', '.join(others)} also lists node {target.name} on {target.address} (`nodefleet down --force` removes "
+            "them anyway)"
+        )
+    return kept
 
 
 async def clean_hosts(

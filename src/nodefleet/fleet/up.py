@@ -78,7 +78,7 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
                 work.result.pinned = specs[work.name].platforms
                 work.result.role = "primary" if work.result.pinned else "standby"
         changed = await _apply(inventory, options, state, works, stored, changes, specs, notes)
-        removed = await remove_hosts(inventory, options, state, stored, changes)
+        removed = await remove_hosts(inventory, options, state, stored, changes, notes)
         await each(limit, works, lambda w: _recreate_if_needed(w, changes, inventory), _fail, _name)
         restarted = await _bootstrap_and_check(inventory, options, works, changed, notes, cache)
     finally:

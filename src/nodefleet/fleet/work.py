@@ -36,6 +36,7 @@ class FleetOptions:
     lock_wait: float = 600.0
     bootstrap_timeout: float = 300.0
     keep_state: bool = False
+    force: bool = False  # down: remove containers other builders still list
     progress: Progress = quiet
     notice: Callable[[str], None] = lambda _message: None
 
