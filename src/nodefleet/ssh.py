@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,33 @@ class Session:
         """The SHA256 fingerprint of the host key the server proved it holds (None after a GSS key exchange)."""
         key = self._connection.get_server_host_key()
         return key.get_fingerprint("sha256") if key is not None else None
+
+    def key_known_in(self, files: Sequence[str], host: str, port: int) -> bool:
+        """True when one of these known_hosts files holds, for `host` and `port`, the very key this host proved it
+        holds (as OpenSSH would look it up: plain, [host]:port or hashed)."""
+        key = self._connection.get_server_host_key()
+        if key is None:
+            return False
+        wanted = key.public_data
+        # OpenSSH looks a host on another port up as [host]:port only; asyncssh's match would fall back to the plain
+        # host, so it is given the name OpenSSH looks up, and no port.
+        name_looked_up = host if port == 22 else f"[{host}]:{port}"
+        for name in files:
+            try:
+                text = Path(name).expanduser().read_text(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                entry = line.strip()
+                if not entry or entry.startswith("#"):
+                    continue
+                try:
+                    trusted = asyncssh.import_known_hosts(entry).match(name_looked_up, "", None)[0]
+                except (asyncssh.KeyImportError, ValueError):
+                    continue
+                if any(known.public_data == wanted for known in trusted):
+                    return True
+        return False
 
     async def run(
         self, command: str, *, timeout: float, stdin: bytes | str | None = None, check: bool = False

@@ -74,3 +74,37 @@ async def test_a_stream_that_times_out_says_so_and_the_session_goes_on(ssh_serve
 def _asked(log: Path) -> list[str]:
     """What the stub docker was asked, one line per call."""
     return log.read_text().splitlines()
+
+
+async def test_key_known_in_finds_the_verified_key_plain_or_hashed(ssh_server: Server, tmp_path: Path) -> None:
+    import asyncssh
+
+    ssh_server.trust()
+    key = ssh_server.host_key.export_public_key().decode().strip()
+    plain = tmp_path / "plain"
+    plain.write_text(f"# a comment\n[127.0.0.1]:{ssh_server.port} {key}\n")
+    other = tmp_path / "other"
+    other.write_text(
+        f"[127.0.0.1]:{ssh_server.port} {asyncssh.generate_private_key('ssh-ed25519').export_public_key().decode()}"
+    )
+    wrong_port = tmp_path / "wrong-port"
+    wrong_port.write_text(f"127.0.0.1 {key}\n")
+    hashed = tmp_path / "hashed"
+    hashed.write_text(_hashed(f"[127.0.0.1]:{ssh_server.port}", key))
+    async with await open_session(ssh_server.target()) as session:
+        assert session.key_known_in([str(tmp_path / "missing"), str(plain)], "127.0.0.1", ssh_server.port)
+        assert session.key_known_in([str(hashed)], "127.0.0.1", ssh_server.port)
+        assert not session.key_known_in([str(other), str(wrong_port)], "127.0.0.1", ssh_server.port)
+        assert not session.key_known_in([], "127.0.0.1", ssh_server.port)
+
+
+def _hashed(host: str, key: str) -> str:
+    """A known_hosts line hashed as OpenSSH's HashKnownHosts writes it."""
+    import base64
+    import hashlib
+    import hmac
+    import os as os_module
+
+    salt = os_module.urandom(20)
+    digest = hmac.new(salt, host.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()} {key}\n"

@@ -23,6 +23,7 @@ from nodefleet.fleet.work import (
     take_openssh,
 )
 from nodefleet.host.cache import ProbeCache
+from nodefleet.host.openssh import OpenSSHCheck
 from nodefleet.inventory import Inventory
 from nodefleet.results import HostResult, HostStatus
 from nodefleet.state import default_state_dir
@@ -86,7 +87,7 @@ async def _status_host(
     stored: StoredBuilder | None,
     missing: str,
     cache: ProbeCache,
-    openssh: asyncio.Future[str | None] | None,
+    openssh: asyncio.Future[OpenSSHCheck] | None,
 ) -> None:
     # buildx's OpenSSH path runs while nodefleet's own session logs in and asks for facts and health in one round
     # trip; it is dropped when the host cannot be reached at all.

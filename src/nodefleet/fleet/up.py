@@ -31,6 +31,7 @@ from nodefleet.fleet.work import (
     take_openssh,
 )
 from nodefleet.host.cache import ProbeCache
+from nodefleet.host.openssh import OpenSSHCheck
 from nodefleet.host.ops import ensure_image, remove_node_container
 from nodefleet.inventory import Inventory
 from nodefleet.runner import run_local
@@ -102,7 +103,7 @@ async def _prepare_host(
     inventory: Inventory,
     options: FleetOptions,
     cache: ProbeCache,
-    openssh: asyncio.Future[str | None] | None,
+    openssh: asyncio.Future[OpenSSHCheck] | None,
 ) -> None:
     # buildx's own path is checked beside the facts: whether buildx can load this node decides whether the builder
     # may change.

@@ -16,7 +16,7 @@ from nodefleet.fanout import guarded
 from nodefleet.host.cache import ProbeCache
 from nodefleet.host.facts import Facts, HostFacts, NodeHealth
 from nodefleet.host.health import health_problem
-from nodefleet.host.openssh import check_openssh_path
+from nodefleet.host.openssh import OpenSSHCheck, check_openssh
 from nodefleet.host.probe import probe
 from nodefleet.inventory import Host, Inventory
 from nodefleet.results import HostResult, HostStatus, Progress, envelope, quiet
@@ -213,15 +213,15 @@ def judge_health(work: HostWork) -> None:
 _OPENSSH_FIRST = 4  # OpenSSH path checks started before the SSH stack loads
 
 
-def start_openssh(work: HostWork, inventory: Inventory) -> asyncio.Future[str | None]:
-    """buildx's OpenSSH path is checked by a local process, which runs beside nodefleet's own session."""
+def start_openssh(work: HostWork, inventory: Inventory) -> asyncio.Future[OpenSSHCheck]:
+    """buildx's OpenSSH path is checked by local processes, which run beside nodefleet's own session."""
     timeout = inventory.defaults.connect_timeout + 10
-    return asyncio.ensure_future(check_openssh_path(work.target, timeout=timeout))
+    return asyncio.ensure_future(check_openssh(work.target, timeout=timeout))
 
 
 async def start_local(
     works: Sequence[HostWork], inventory: Inventory, limit: int
-) -> tuple[Client, dict[str, asyncio.Future[str | None]]]:
+) -> tuple[Client, dict[str, asyncio.Future[OpenSSHCheck]]]:
     """The local side first: the SSH stack loads (in a thread) while the local tools are checked, before any host
     is contacted; then the OpenSSH path checks of the first few hosts start while the import ends. The other hosts'
     checks start with their turn. Only a few: many ssh clients at once would slow the import down more than they
@@ -238,13 +238,23 @@ async def start_local(
     return client, started
 
 
-async def take_openssh(work: HostWork, check: asyncio.Future[str | None]) -> None:
-    """The OpenSSH path's verdict for this host."""
+async def take_openssh(work: HostWork, check: asyncio.Future[OpenSSHCheck]) -> None:
+    """The OpenSSH path's verdict for this host: it reaches the engine, OpenSSH's settings check host keys strictly,
+    and the known_hosts files OpenSSH reads hold the very key nodefleet verified (else, with accept-new, OpenSSH
+    would take any key at this address)."""
 
     async def verdict() -> None:
-        problem = await check
-        if problem:
-            raise NodefleetError(problem)
+        result = await check
+        if result.problem:
+            raise NodefleetError(result.problem)
+        config, session = result.config, work.need_session()
+        if config is not None and not session.key_known_in(config.known_hosts, config.host, config.port):
+            files = " ".join(config.known_hosts)
+            raise NodefleetError(
+                f"the host key nodefleet verified for {work.target.address} is not in the known_hosts files OpenSSH "
+                f"reads for it ({files}; StrictHostKeyChecking {config.strict}), so buildx would not check it: add "
+                "that key there, or point UserKnownHostsFile in ~/.ssh/config at nodefleet's known_hosts"
+            )
         work.openssh_ok = True
 
     await work.step("openssh", verdict)

@@ -1,0 +1,69 @@
+"""buildx's OpenSSH path must verify host keys as strictly as nodefleet: what `ssh -G` says, judged (pure), and the
+real `ssh -G` of this machine's OpenSSH against a config that turns checking off."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nodefleet.host.openssh import openssh_argv, openssh_config_argv, parse_openssh_config, strictness_problem
+from nodefleet.target import SSHTarget
+
+TARGET = SSHTarget("a", "10.0.0.1", user="builder", port=2222)
+G = """user builder
+hostname 10.0.0.1
+port 2222
+stricthostkeychecking {strict}
+userknownhostsfile {files}
+globalknownhostsfile /etc/ssh/ssh_known_hosts
+"""
+
+
+@pytest.mark.parametrize(
+    ("strict", "files", "problem"),
+    [
+        ("true", "/root/.ssh/known_hosts", None),
+        ("accept-new", "/root/.ssh/known_hosts", None),  # safe only with the verified key there: checked with the key
+        ("ask", "/root/.ssh/known_hosts", None),
+        ("false", "/root/.ssh/known_hosts", "StrictHostKeyChecking false for 10.0.0.1 in ~/.ssh/config"),
+        ("true", "/dev/null", None),  # the global file is still read
+    ],
+)
+def test_strictness_problem(strict: str, files: str, problem: str | None) -> None:
+    config = parse_openssh_config(G.format(strict=strict, files=files))
+    found = strictness_problem(config, TARGET)
+    assert (found is None) == (problem is None), found
+    if problem:
+        assert problem in (found or "")
+
+
+def test_no_known_hosts_file_at_all_is_a_problem() -> None:
+    config = parse_openssh_config(
+        "stricthostkeychecking true\nuserknownhostsfile /dev/null\nglobalknownhostsfile none\n"
+    )
+    assert "UserKnownHostsFile /dev/null none" in (strictness_problem(config, TARGET) or "")
+
+
+def test_parse_uses_the_host_key_alias_and_port() -> None:
+    config = parse_openssh_config("hostname 10.0.0.1\nhostkeyalias build-a\nport 2222\nstricthostkeychecking true\n")
+    assert (config.host, config.port) == ("build-a", 2222)
+
+
+def test_nodefleets_own_openssh_checks_keys_strictly_against_the_inventorys_file() -> None:
+    argv = openssh_argv(SSHTarget("a", "10.0.0.1", known_hosts=Path("/lab/known hosts")), "true")
+    assert argv[argv.index("StrictHostKeyChecking=yes") - 1] == "-o"
+    assert 'UserKnownHostsFile="/lab/known hosts"' in argv
+
+
+def test_real_ssh_G_reports_a_config_that_turns_checking_off(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host 10.0.0.1\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
+    argv = openssh_config_argv(TARGET)
+    argv[1:1] = ["-F", str(home / ".ssh" / "config")]  # the same file, named: ssh reads ~ from the passwd entry
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10)
+    config = parse_openssh_config(done.stdout)
+    assert config.strict == "false"
+    assert "StrictHostKeyChecking false" in (strictness_problem(config, TARGET) or "")
