@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from nodefleet.buildx import store
-from nodefleet.buildx.argv import bootstrap_argv, create_argv
+from nodefleet.buildx.argv import bootstrap_argv, create_argv, leave_argv, rm_argv
 from nodefleet.buildx.config import config_digest, resolve_buildkitd_config
 from nodefleet.buildx.nodes import DRIVER, NodeSpec
 from nodefleet.buildx.store import StoredBuilder
@@ -72,6 +72,7 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
                 f"builder {inventory.builder} exists with driver {stored.driver}, not {DRIVER}: "
                 "choose another builder name or remove it with docker buildx rm"
             )
+        stored = await _evict_untrusted(inventory.builder, state, works, stored, notes)
         members = [Member(w.host, w.result.platform, w.ready) for w in works]
         changes, specs = plan_up(members, stored, state.load_digests() or {}, config, digest)
         for work in works:
@@ -126,6 +127,26 @@ async def _prepare_host(
         )
 
     await work.step("image", image)
+
+
+async def _evict_untrusted(
+    builder: str, state: BuilderState, works: Sequence[HostWork], stored: StoredBuilder | None, notes: list[str]
+) -> StoredBuilder | None:
+    """Take the nodes of hosts whose identity is in doubt out of the builder (`create --leave` contacts no host),
+    so that neither buildx nor a user's plain `docker buildx build --builder` reaches them; the next `up` after the
+    host is trusted again adds its node back. Its container and cache stay on the host."""
+    doubted = [work.name for work in works if work.untrusted and stored is not None and stored.node(work.name)]
+    if not doubted or stored is None:
+        return stored
+    if len(doubted) == len(stored.nodes):
+        argvs = [rm_argv(builder, keep_state=True, keep_daemon=True)]
+    else:
+        argvs = [leave_argv(builder, name) for name in doubted]
+    for argv in argvs:
+        await run_buildx(state, builder, argv)
+    for name in doubted:
+        notes.append(f"{name} left the builder: its host key is in doubt (see its error); `nodefleet up` adds it back")
+    return store.read_store(builder)
 
 
 def read_store_or_repair(builder: str, state: BuilderState, notes: list[str]) -> StoredBuilder | None:

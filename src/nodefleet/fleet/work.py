@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodefleet.client import Client, check_client, require_programs
-from nodefleet.errors import NodefleetError, exit_code
+from nodefleet.errors import HostKeyError, NodefleetError, exit_code
 from nodefleet.fanout import guarded
 from nodefleet.host.cache import ProbeCache
 from nodefleet.host.facts import Facts, HostFacts, NodeHealth
@@ -91,6 +91,8 @@ class HostWork:
     health: NodeHealth | None = None
     image_present: bool | None = None
     openssh_ok: bool = False
+    # The host's identity is in doubt: its key is not the known one, or OpenSSH (buildx's way in) would not check it.
+    untrusted: bool = False
 
     @classmethod
     def of(cls, inventory: Inventory, host: Host) -> HostWork:
@@ -151,7 +153,11 @@ async def connect(
         progress(work.name, "connecting")
         from nodefleet.ssh import open_session  # see load_ssh_stack
 
-        work.session = await open_session(work.target, policy=policy, attempts=attempts, budget=budget)
+        try:
+            work.session = await open_session(work.target, policy=policy, attempts=attempts, budget=budget)
+        except HostKeyError:
+            work.untrusted = True
+            raise
 
     await work.step("ssh", go)
 
@@ -245,11 +251,15 @@ async def take_openssh(work: HostWork, check: asyncio.Future[OpenSSHCheck]) -> N
 
     async def verdict() -> None:
         result = await check
+        if result.untrusted:
+            work.untrusted = True
+            raise NodefleetError(result.untrusted)
         if result.problem:
             raise NodefleetError(result.problem)
         config, session = result.config, work.need_session()
         if config is not None and not session.key_known_in(config.known_hosts, config.host, config.port):
             files = " ".join(config.known_hosts)
+            work.untrusted = True
             raise NodefleetError(
                 f"the host key nodefleet verified for {work.target.address} is not in the known_hosts files OpenSSH "
                 f"reads for it ({files}; StrictHostKeyChecking {config.strict}), so buildx would not check it: add "

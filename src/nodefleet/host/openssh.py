@@ -95,6 +95,7 @@ class OpenSSHCheck:
 
     problem: str | None
     config: OpenSSHConfig | None
+    untrusted: str | None = None  # why OpenSSH's settings would not verify the host's key
 
 
 async def check_openssh(target: SSHTarget, timeout: float) -> OpenSSHCheck:
@@ -103,8 +104,7 @@ async def check_openssh(target: SSHTarget, timeout: float) -> OpenSSHCheck:
         check_openssh_path(target, timeout), run_local(openssh_config_argv(target), timeout=timeout, check=False)
     )
     config = parse_openssh_config(settings.stdout) if settings.ok else None
-    problem = path or (strictness_problem(config, target) if config is not None else None)
-    return OpenSSHCheck(problem, config)
+    return OpenSSHCheck(path, config, strictness_problem(config, target) if config is not None else None)
 
 
 async def check_openssh_path(target: SSHTarget, timeout: float) -> str | None:
