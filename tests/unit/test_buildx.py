@@ -1,4 +1,4 @@
-"""buildx argv builders and the store reader, table-driven."""
+"""buildx argv builders (nodefleet.buildx.argv), node names (nodes) and the store reader (store), table-driven."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from nodefleet import buildx
-from nodefleet.buildx import NodeSpec
+from nodefleet.buildx import argv as buildx_argv
+from nodefleet.buildx import nodes, store
+from nodefleet.buildx.nodes import NodeSpec
+from nodefleet.client import parse_buildx_version
 
 SPEC = NodeSpec(
     name="arm64-1",
@@ -21,7 +23,7 @@ SPEC = NodeSpec(
 
 
 def test_create_argv_pins_and_forces_the_driver() -> None:
-    assert buildx.create_argv("fleet", SPEC, append=True) == [
+    assert buildx_argv.create_argv("fleet", SPEC, append=True) == [
         "docker", "buildx", "create", "--name", "fleet", "--node", "arm64-1", "--driver", "docker-container",
         "--append", "--platform", "linux/arm64",
         "--driver-opt", "env.GOMAXPROCS=1", "--driver-opt", "image=reg:5000/buildkit:v0.13.2",
@@ -31,7 +33,7 @@ def test_create_argv_pins_and_forces_the_driver() -> None:
 
 def test_standby_node_has_no_platform_flag() -> None:
     spec = NodeSpec(name="b", endpoint="ssh://h", platforms=(), image="img")
-    argv = buildx.create_argv("fleet", spec, append=False)
+    argv = buildx_argv.create_argv("fleet", spec, append=False)
     assert "--platform" not in argv and "--append" not in argv
     assert argv[-1] == "ssh://h"
 
@@ -45,13 +47,13 @@ def test_standby_node_has_no_platform_flag() -> None:
     ],
 )
 def test_ssh_endpoint(address: str, user: str | None, port: int | None, endpoint: str) -> None:
-    assert buildx.ssh_endpoint(address, user, port) == endpoint
+    assert nodes.ssh_endpoint(address, user, port) == endpoint
 
 
 def test_leave_rm_bootstrap_argv() -> None:
-    assert buildx.leave_argv("f", "n") == ["docker", "buildx", "create", "--name", "f", "--node", "n", "--leave"]
-    assert buildx.rm_argv("f", keep_state=True, keep_daemon=True)[-3:] == ["--keep-state", "--keep-daemon", "f"]
-    assert buildx.bootstrap_argv("f") == ["docker", "buildx", "inspect", "--bootstrap", "--builder", "f"]
+    assert buildx_argv.leave_argv("f", "n") == ["docker", "buildx", "create", "--name", "f", "--node", "n", "--leave"]
+    assert buildx_argv.rm_argv("f", keep_state=True, keep_daemon=True)[-3:] == ["--keep-state", "--keep-daemon", "f"]
+    assert buildx_argv.bootstrap_argv("f") == ["docker", "buildx", "inspect", "--bootstrap", "--builder", "f"]
 
 
 @pytest.mark.parametrize(
@@ -63,7 +65,7 @@ def test_leave_rm_bootstrap_argv() -> None:
     ],
 )
 def test_parse_buildx_version(output: str, version: tuple[int, int, int] | None) -> None:
-    assert buildx.parse_buildx_version(output) == version
+    assert parse_buildx_version(output) == version
 
 
 STORE = {
@@ -90,7 +92,7 @@ STORE = {
 
 
 def test_parse_store() -> None:
-    builder = buildx.parse_store(json.dumps(STORE))
+    builder = store.parse_store(json.dumps(STORE))
     assert builder.name == "fleet" and builder.driver == "docker-container"
     assert [node.platforms for node in builder.nodes] == [("linux/arm64",), ("linux/arm/v7",), ()]
     assert builder.node("arm64-1") is not None
@@ -100,30 +102,30 @@ def test_parse_store() -> None:
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"Nodes": []}', '{"Name": "x", "Nodes": [{"Endpoint": 1}]}'])
 def test_corrupt_store(text: str) -> None:
-    with pytest.raises(buildx.CorruptStoreError):
-        buildx.parse_store(text)
+    with pytest.raises(store.CorruptStoreError):
+        store.parse_store(text)
 
 
 def test_store_dir_follows_buildx_rules(tmp_path: Path) -> None:
-    assert buildx.store_dir({"BUILDX_CONFIG": "/b", "DOCKER_CONFIG": "/d"}) == Path("/b")
-    assert buildx.store_dir({"DOCKER_CONFIG": "/d"}) == Path("/d/buildx")
-    assert buildx.store_dir({"HOME": "/home/u"}) == Path("/home/u/.docker/buildx")
+    assert store.store_dir({"BUILDX_CONFIG": "/b", "DOCKER_CONFIG": "/d"}) == Path("/b")
+    assert store.store_dir({"DOCKER_CONFIG": "/d"}) == Path("/d/buildx")
+    assert store.store_dir({"HOME": "/home/u"}) == Path("/home/u/.docker/buildx")
 
 
 def test_backup_and_restore_round_trip(tmp_path: Path) -> None:
     env = {"BUILDX_CONFIG": str(tmp_path / "bx")}
-    instance = buildx.instance_file("fleet", env)
+    instance = store.instance_file("fleet", env)
     instance.parent.mkdir(parents=True)
     instance.write_text(json.dumps(STORE))
     backups = tmp_path / "backups"
-    saved = buildx.backup_store("fleet", backups, env)
+    saved = store.backup_store("fleet", backups, env)
     assert saved is not None and saved.stat().st_mode & 0o777 == 0o600
     instance.write_text("corrupted{")
-    assert buildx.latest_backup("fleet", backups) == saved
-    buildx.restore_store("fleet", saved, env)
-    assert buildx.read_store("fleet", env) is not None
+    assert store.latest_backup("fleet", backups) == saved
+    store.restore_store("fleet", saved, env)
+    assert store.read_store("fleet", env) is not None
     for _ in range(7):
-        buildx.backup_store("fleet", backups, env)
+        store.backup_store("fleet", backups, env)
     assert len(list(backups.glob("fleet.*.json"))) == 5
-    buildx.restore_store("fleet", None, env)
-    assert buildx.read_store("fleet", env) is None
+    store.restore_store("fleet", None, env)
+    assert store.read_store("fleet", env) is None

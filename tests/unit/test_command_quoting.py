@@ -4,8 +4,9 @@ Three levels:
 - generated VALID inventories (1,000 per run) go through parse_inventory into every remote shell command, every
   OpenSSH argv and every buildx argv nodefleet builds from them; each value comes out as exactly one token
   (shlex, with shell punctuation split off) or one argv element, in the place it belongs;
-- the remote commands run under a real /bin/sh with a stub `docker` that records its argv, fed ARBITRARY text
-  (the second line of defence, should validation ever let something through): the argv is exactly the value;
+- the remote scripts (host/scripts/*.sh, their arguments quoted in a `set --` line before them) run under bash,
+  dash and busybox sh with a stub `docker` that records its argv, fed ARBITRARY text (the second line of defence,
+  should validation ever let something through): the argv is exactly the value;
 - OpenSSH itself parses the argv nodefleet gives it (`ssh -G`, which resolves and never connects).
 """
 
@@ -15,6 +16,7 @@ import csv
 import functools
 import ipaddress
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -28,26 +30,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodefleet import buildx
-from nodefleet.bootstrap import (
-    image_present_command,
-    image_pull_command,
-    openssh_argv,
-    remove_node_container_command,
-    render_buildkitd_config,
-)
-from nodefleet.buildargs import imagetools_create_argv, imagetools_inspect_argv, parse_request, platform_argv
+from nodefleet.build.argv import platform_argv
+from nodefleet.build.cmdline import parse_request
+from nodefleet.buildx import argv as buildx
+from nodefleet.buildx.argv import imagetools_create_argv, imagetools_inspect_argv
+from nodefleet.buildx.config import render_buildkitd_config
+from nodefleet.buildx.helpers import helper_name
+from nodefleet.buildx.nodes import DRIVER, container_name, node_spec, state_volume_name
 from nodefleet.errors import InventoryError
-from nodefleet.facts import (
-    INSPECT_FORMAT,
-    image_present_script,
-    node_check_script,
-    node_health_script,
-    probe_script,
-)
-from nodefleet.fleet import helper_builder_name, node_spec, ssh_target, target_from_endpoint
+from nodefleet.fleet.plan import assign_pins
+from nodefleet.host.facts import Facts, probe_script
+from nodefleet.host.openssh import openssh_argv
+from nodefleet.host.ops import image_present_command, image_pull_command, remove_node_command
+from nodefleet.host.scripts import script_text
 from nodefleet.inventory import Inventory, parse_inventory
-from nodefleet.plan import assign_pins
+from nodefleet.target import ssh_target, target_from_endpoint
+from tests.unit.shells import SHELL_NAMES, shell_argv
 
 PATH = Path("/fleet/inventory.toml")
 
@@ -186,6 +184,17 @@ def assert_one_word(script: str, value: str, *, after: tuple[str, ...]) -> None:
     raise AssertionError(f"{value!r} is not one word after {' '.join(after)} in:\n{script}")
 
 
+def assert_argument(script: str, name: str, value: str, position: int) -> None:
+    """`script` is host/scripts/<name>.sh after one `set --` line, and `value` is one whole word of that line, its
+    positional parameter `position` (1-based): the only way a value enters a remote script."""
+    first, newline, rest = script.partition("\n")
+    assert newline and rest == script_text(name), script
+    command = words(first)
+    assert command[:2] == ["set", "--"] and first.startswith("set -- "), first
+    assert command[1 + position] == value, (value, first)
+    assert shlex.quote(value) in first, (value, first)
+
+
 def assert_option(argv: list[str], option: str, value: str) -> None:
     """`option value` in an argv: the value is the one element after the option."""
     positions = [index for index, word in enumerate(argv) if word == option]
@@ -193,26 +202,31 @@ def assert_option(argv: list[str], option: str, value: str) -> None:
 
 
 def remote_commands(inventory: Inventory) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(script, value, words before the value) for every remote command nodefleet builds from the inventory."""
+    """(command, value, words before the value) for every one-line remote command nodefleet builds from the
+    inventory."""
     checks: list[tuple[str, str, tuple[str, ...]]] = []
     for host in inventory.hosts:
-        container = buildx.container_name(host.name)
-        health = node_health_script(container)
         checks += [
-            (health, container, ("docker", "inspect", "-f", INSPECT_FORMAT)),
-            (health, container, ("docker", "exec")),
-            (node_check_script(container), container, ("docker", "inspect", "-f", "{{.Id}} {{.State.Status}}")),
             (image_present_command(host.buildkit_image), host.buildkit_image, ("docker", "image", "inspect")),
             (image_pull_command(host.buildkit_image), host.buildkit_image, ("docker", "pull", "-q")),
         ]
+    return checks
+
+
+def remote_scripts(inventory: Inventory) -> list[tuple[str, str, str, int]]:
+    """(script, script name, value, its positional parameter) for every remote script nodefleet builds from the
+    inventory (which docker command each parameter reaches is checked under real shells below)."""
+    checks: list[tuple[str, str, str, int]] = []
+    for host in inventory.hosts:
+        container = container_name(host.name)
+        for facts in Facts:
+            probe = probe_script(container, image=host.buildkit_image, facts=facts)
+            checks += [(probe, "probe", container, 1), (probe, "probe", host.buildkit_image, 4)]
+            checks.append((probe, "probe", facts.value, 5))
         for keep_state in (True, False):
-            remove = remove_node_container_command(host.name, keep_state=keep_state)
-            checks += [
-                (remove, container, ("docker", "rm", "-f")),
-                (remove, container, ("docker", "container", "inspect")),
-            ]
-            if not keep_state:
-                checks.append((remove, buildx.state_volume_name(host.name), ("docker", "volume", "rm", "-f")))
+            remove = remove_node_command(host.name, keep_state=keep_state)
+            checks.append((remove, "remove_node", container, 1))
+            checks.append((remove, "remove_node", "" if keep_state else state_volume_name(host.name), 2))
     return checks
 
 
@@ -232,8 +246,12 @@ def check_openssh(inventory: Inventory) -> None:
             assert_option(argv[:separator], "-l", host.user)
         if host.port:
             assert_option(argv[:separator], "-p", str(host.port))
-        options = [argv[index + 1] for index, word in enumerate(argv[:separator]) if word == "-o"]
-        assert all(option.split("=", 1)[0] in {"BatchMode", "ConnectTimeout"} for option in options), options
+        options = dict(argv[index + 1].split("=", 1) for index, word in enumerate(argv[:separator]) if word == "-o")
+        assert set(options) <= {"BatchMode", "ConnectTimeout", "StrictHostKeyChecking", "UserKnownHostsFile"}, argv
+        assert options.get("StrictHostKeyChecking", "yes") == "yes", argv
+        if "UserKnownHostsFile" in options:  # the inventory's known_hosts, as one ssh_config value
+            assert target.known_hosts is not None, argv
+            assert options["UserKnownHostsFile"] in {str(target.known_hosts), f'"{target.known_hosts}"'}, argv
 
 
 def check_buildx(inventory: Inventory, config: Path | None) -> None:
@@ -247,7 +265,7 @@ def check_buildx(inventory: Inventory, config: Path | None) -> None:
             assert argv[:3] == ["docker", "buildx", "create"]
             assert_option(argv, "--name", builder)
             assert_option(argv, "--node", host.name)
-            assert_option(argv, "--driver", buildx.DRIVER)
+            assert_option(argv, "--driver", DRIVER)
             if spec.platforms:
                 assert_option(argv, "--platform", ",".join(spec.platforms))
                 assert argv[argv.index("--platform") + 1].split(",") == list(spec.platforms)
@@ -269,7 +287,7 @@ def check_buildx(inventory: Inventory, config: Path | None) -> None:
             back = target_from_endpoint(inventory, host.name, spec.endpoint)
             assert back is not None and back.address.lower() == host.address.lower()
         assert buildx.leave_argv(builder, host.name)[-3:] == ["--node", host.name, "--leave"]
-        helper = helper_builder_name(builder, host.name)
+        helper = helper_name(builder, host.name)
         assert buildx.rm_argv(helper, keep_state=True, keep_daemon=True)[-1] == helper
         check_build(builder, helper, host.platforms[0] if host.platforms else "linux/amd64")
     assert buildx.bootstrap_argv(builder)[-2:] == ["--builder", builder]
@@ -307,17 +325,21 @@ def test_every_value_of_a_valid_inventory_reaches_commands_as_one_word(document:
     inventory = parse_inventory(document, PATH)  # generated documents are valid: an error here is a finding
     for script, value, after in remote_commands(inventory):
         assert_one_word(script, value, after=after)
+    for script, name, value, position in remote_scripts(inventory):
+        assert_argument(script, name, value, position)
     check_openssh(inventory)
     check_buildx(inventory, inventory.defaults.buildkitd_config)
     check_buildkitd_config(inventory)
 
 
-# ---------------------------------------------------------------------------------------------- a real shell
+# ---------------------------------------------------------------------------------------------- real shells
 
 ANY_TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=16
 )
-NASTY = st.sampled_from(["a;b", "$(touch /tmp/pwned)", "`id`", "a b", "'", '"', "\\", "-rf", "x\ny", "*", "$HOME", "é"])
+NASTY = st.sampled_from(
+    ["a;b", "$(touch /tmp/pwned)", "`id`", "a b", "'", '"', "\\", "-rf", "x\ny", "*", "$HOME", "é", "\x81\x82\x88ā"]
+)
 
 STUB_INSTANCE = "a" * 64 + " 2026-01-01T00:00:00Z"  # what the stub's `docker inspect` says
 STUB_DOCKER = """#!/bin/sh
@@ -326,6 +348,8 @@ printf '%s\\0' "$#" "$@" >> "$ARGV_LOG"
 [ "$1 $2" = "inspect -f" ] && echo "running STUB_INSTANCE"
 exit 0
 """.replace("STUB_INSTANCE", STUB_INSTANCE)
+# The `docker inspect` format of probe.sh, as the script says it (the test checks it reaches docker whole).
+INSPECT_FORMAT = re.search(r"^format='([^']*)'$", script_text("probe"), re.MULTILINE).group(1)  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
@@ -337,11 +361,11 @@ def stub_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def run_in_sh(script: str, stub_bin: Path, log: Path) -> tuple[int, list[list[str]]]:
-    """Run a script with /bin/sh as sshd would, and return its exit code and every docker argv it ran."""
+def run_in_shell(shell: str, script: str, stub_bin: Path, log: Path) -> tuple[int, list[list[str]]]:
+    """Run a script under a login shell as sshd would, and return its exit code and every docker argv it ran."""
     log.write_bytes(b"")
     completed = subprocess.run(
-        ["/bin/sh", "-c", script],
+        shell_argv(shell, script),
         env={"PATH": f"{stub_bin}:{os.environ['PATH']}", "ARGV_LOG": str(log), "HOME": str(log.parent)},
         capture_output=True,
         timeout=30,
@@ -357,36 +381,46 @@ def run_in_sh(script: str, stub_bin: Path, log: Path) -> tuple[int, list[list[st
     return completed.returncode, calls
 
 
+def test_the_inspect_format_is_the_one_the_probe_parses() -> None:
+    assert INSPECT_FORMAT.startswith("{{.State.Status}} {{.Id}} {{.State.StartedAt}} {{.Config.Image}} ")
+    assert '"/var/lib/buildkit"' in INSPECT_FORMAT
+
+
+@pytest.mark.parametrize("shell", SHELL_NAMES)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(node=st.one_of(ANY_TEXT, NASTY), image=st.one_of(ANY_TEXT, NASTY))
 def test_remote_commands_under_a_real_shell_pass_any_value_as_one_argument(
-    stub_bin: Path, tmp_path_factory: pytest.TempPathFactory, node: str, image: str
+    stub_bin: Path, tmp_path_factory: pytest.TempPathFactory, shell: str, node: str, image: str
 ) -> None:
     log = tmp_path_factory.mktemp("sh") / "argv.log"
-    container = buildx.container_name(node)
-    volume = buildx.state_volume_name(node)
+    container = container_name(node)
+    volume = state_volume_name(node)
     expected = {
-        node_health_script(container): [
+        probe_script(container, facts=Facts.NONE): [
             ["inspect", "-f", INSPECT_FORMAT, container],
             ["exec", container, "buildctl", "debug", "info"],
             ["exec", container, "buildctl", "debug", "workers", "--format", "{{json .}}"],
         ],
-        node_health_script(container, known=STUB_INSTANCE): [["inspect", "-f", INSPECT_FORMAT, container]],
-        image_present_script(image): [["image", "inspect", image]],
-        probe_script(container, image=image, known=STUB_INSTANCE): [
+        probe_script(container, known_instance=STUB_INSTANCE, facts=Facts.NONE): [
+            ["inspect", "-f", INSPECT_FORMAT, container]
+        ],
+        probe_script(container, image=image, known_instance=STUB_INSTANCE, facts=Facts.NONE): [
             ["inspect", "-f", INSPECT_FORMAT, container],
-            ["version", "--format", "server_version={{.Server.Version}}"],  # the stub's engine says no version
             ["image", "inspect", image],  # the stub's container names no image: asked
         ],
-        node_check_script(container): [["inspect", "-f", "{{.Id}} {{.State.Status}}", container]],
+        probe_script(container, image=image, known_instance=STUB_INSTANCE): [
+            ["inspect", "-f", INSPECT_FORMAT, container],
+            ["image", "inspect", image],
+            ["version", "--format", "server_version={{.Server.Version}}"],  # the stub's engine says no version
+        ],
         image_present_command(image): [["image", "inspect", image]],
         image_pull_command(image): [["pull", "-q", image]],
-        remove_node_container_command(node, keep_state=True): [
+        remove_node_command(node, keep_state=True): [
             ["version", "--format", "{{.Server.Version}}"],
             ["rm", "-f", container],
             ["container", "inspect", container],
         ],
-        remove_node_container_command(node, keep_state=False): [
+        remove_node_command(node, keep_state=False): [
             ["version", "--format", "{{.Server.Version}}"],
             ["rm", "-f", container],
             ["volume", "rm", "-f", volume],
@@ -394,15 +428,18 @@ def test_remote_commands_under_a_real_shell_pass_any_value_as_one_argument(
         ],
     }
     for script, calls in expected.items():
-        code, seen = run_in_sh(script, stub_bin, log)
+        code, seen = run_in_shell(shell, script, stub_bin, log)
         assert seen == calls, script
         assert code == 0, script
     assert not (log.parent / "pwned").exists()
 
 
-def test_remove_command_fails_when_the_engine_does_not_answer_or_the_container_stays(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shell", SHELL_NAMES)
+def test_remove_command_fails_when_the_engine_does_not_answer_or_the_container_stays(
+    tmp_path: Path, shell: str
+) -> None:
     """`down` must not report a container removed that a stopped engine would start again."""
-    script = remove_node_container_command("arm64-1", keep_state=False)
+    script = remove_node_command("arm64-1", keep_state=False)
     folder = tmp_path / "bin"
     folder.mkdir()
     for name, body in {
@@ -413,7 +450,7 @@ def test_remove_command_fails_when_the_engine_does_not_answer_or_the_container_s
         (folder / "docker").write_text(f"#!/bin/sh\n{body}\nexit 0\n")
         (folder / "docker").chmod(0o755)
         completed = subprocess.run(
-            ["/bin/sh", "-c", script],
+            shell_argv(shell, script),
             env={"PATH": f"{folder}:{os.environ['PATH']}"},
             capture_output=True,
             text=True,
@@ -428,7 +465,7 @@ def test_remove_command_fails_when_the_engine_does_not_answer_or_the_container_s
     assert (
         "Cannot connect to the Docker daemon"
         in subprocess.run(
-            ["/bin/sh", "-c", script],
+            shell_argv(shell, script),
             env={"PATH": f"{_engine_down(tmp_path)}:{os.environ['PATH']}"},
             capture_output=True,
             text=True,

@@ -1,14 +1,14 @@
-"""`up`'s planning of pins when some hosts cannot be reached this run (fleet._plan, no I/O)."""
+"""`up`'s planning of pins when some hosts cannot be reached this run (nodefleet.fleet.plan.plan_up: pure, no
+session, no I/O)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nodefleet.buildx import StoredBuilder, StoredNode
-from nodefleet.fleet import HostResult, _HostWork, _plan, ssh_target
+from nodefleet.buildx.argv import leave_argv, rm_argv
+from nodefleet.buildx.store import StoredBuilder, StoredNode
+from nodefleet.fleet.plan import Action, Member, edits, plan_up, removal_argv
 from nodefleet.inventory import Inventory, parse_inventory
-from nodefleet.plan import Action
-from nodefleet.state import BuilderState
 
 IMAGE = "moby/buildkit:buildx-stable-1"
 
@@ -18,17 +18,9 @@ def _inventory() -> Inventory:
     return parse_inventory({"hosts": hosts}, Path("/fleet/inventory.toml"))
 
 
-def _works(inventory: Inventory, platforms: dict[str, str | None], down: set[str]) -> list[_HostWork]:
-    works = []
-    for host in inventory.hosts:
-        result = HostResult(host.name, host.address, platform=platforms[host.name])
-        work = _HostWork(host, ssh_target(inventory, host), result)
-        if host.name in down:
-            result.fail("ssh: timed out")
-        else:
-            work.session = object()  # type: ignore[assignment]  # connected; _plan never uses the session
-        works.append(work)
-    return works
+def _members(inventory: Inventory, platforms: dict[str, str | None], down: set[str]) -> list[Member]:
+    """Each host with the platform its probe found (None: not known this run) and whether it answered."""
+    return [Member(host, platforms[host.name], host.name not in down) for host in inventory.hosts]
 
 
 def _stored(inventory: Inventory) -> StoredBuilder:
@@ -39,24 +31,51 @@ def _stored(inventory: Inventory) -> StoredBuilder:
     return StoredBuilder("nodefleet", "docker-container", nodes)
 
 
-def test_an_unreachable_primary_keeps_its_pin_and_its_standby_stays_unchanged(tmp_path: Path) -> None:
+def test_an_unreachable_primary_keeps_its_pin_and_its_standby_stays_unchanged() -> None:
     inventory = _inventory()
-    works = _works(inventory, {"amd64-1": "linux/amd64", "arm64-1": None, "arm64-2": "linux/arm64"}, {"arm64-1"})
-    state = BuilderState(tmp_path, "nodefleet")
-    state.save_digests({"amd64-1": "", "arm64-1": "", "arm64-2": ""})
-    changes, specs = _plan(inventory, works, _stored(inventory), state, None, "")
+    members = _members(inventory, {"amd64-1": "linux/amd64", "arm64-1": None, "arm64-2": "linux/arm64"}, {"arm64-1"})
+    digests = {"amd64-1": "", "arm64-1": "", "arm64-2": ""}
+    changes, specs = plan_up(members, _stored(inventory), digests, None, "")
     assert {change.node: change.action for change in changes} == {"amd64-1": Action.KEEP, "arm64-2": Action.KEEP}
+    # No pin: `up` reports it as the standby (role "primary" only for a host whose spec pins a platform).
     assert specs["arm64-2"].platforms == ()
-    assert works[2].result.role == "standby"
+    assert "arm64-1" not in specs
+    assert edits(changes) == [] and removal_argv("nodefleet", changes, _stored(inventory)) == []
 
 
-def test_a_new_host_that_cannot_be_reached_takes_no_pin(tmp_path: Path) -> None:
+def test_a_new_host_that_cannot_be_reached_takes_no_pin() -> None:
     inventory = _inventory()
-    works = _works(inventory, {"amd64-1": "linux/amd64", "arm64-1": "linux/arm64", "arm64-2": "linux/arm64"}, set())
-    works[1].result.fail("facts: the Docker engine is not running")  # platform known, not ready, not in the builder
+    members = _members(
+        inventory, {"amd64-1": "linux/amd64", "arm64-1": "linux/arm64", "arm64-2": "linux/arm64"}, {"arm64-1"}
+    )  # arm64-1: platform known, not ready (its engine is not running), and not in the builder
     stored = StoredBuilder(
         "nodefleet", "docker-container", tuple(n for n in _stored(inventory).nodes if n.name != "arm64-1")
     )
-    changes, specs = _plan(inventory, works, stored, BuilderState(tmp_path, "nodefleet"), None, "")
+    changes, specs = plan_up(members, stored, {}, None, "")
     assert specs["arm64-2"].platforms == ("linux/arm64",)
     assert "arm64-1" not in specs and "arm64-1" not in {change.node for change in changes}
+
+
+def test_a_builder_without_a_record_is_planned_as_applied_nothing() -> None:
+    """`up` passes `load_digests() or {}`: with no record, a config digest is re-applied (recreate), not trusted."""
+    inventory = _inventory()
+    members = _members(inventory, {"amd64-1": "linux/amd64", "arm64-1": "linux/arm64", "arm64-2": "linux/arm64"}, set())
+    changes, specs = plan_up(members, _stored(inventory), {}, Path("/etc/bk.toml"), "d1")
+    assert {change.node: change.action for change in changes} == dict.fromkeys(specs, Action.UPDATE)
+    assert all(change.recreate and "buildkitd config not recorded" in change.reasons for change in changes)
+    assert all(spec.buildkitd_config == Path("/etc/bk.toml") and spec.config_digest == "d1" for spec in specs.values())
+
+
+def test_removals_leave_node_by_node_unless_every_node_goes() -> None:
+    inventory = _inventory()
+    stored = _stored(inventory)
+    one = parse_inventory({"hosts": [{"name": "amd64-1", "address": "10.0.0.1"}]}, Path("/fleet/inventory.toml"))
+    changes, _ = plan_up([Member(one.hosts[0], "linux/amd64", True)], stored, {"amd64-1": ""}, None, "")
+    assert removal_argv("nodefleet", changes, stored) == [
+        leave_argv("nodefleet", "arm64-1"),
+        leave_argv("nodefleet", "arm64-2"),
+    ]
+    other = parse_inventory({"hosts": [{"name": "new", "address": "10.0.0.9"}]}, Path("/fleet/inventory.toml"))
+    changes, _ = plan_up([Member(other.hosts[0], "linux/amd64", True)], stored, {}, None, "")
+    assert removal_argv("nodefleet", changes, stored) == [rm_argv("nodefleet", keep_state=True, keep_daemon=True)]
+    assert [(change.node, change.action) for change in edits(changes)] == [("new", Action.CREATE)]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from nodefleet.buildx import NodeSpec, StoredBuilder, StoredNode
-from nodefleet.plan import Action, assign_pins, plan_builder
+from nodefleet.buildx.nodes import NodeSpec
+from nodefleet.buildx.store import StoredBuilder, StoredNode
+from nodefleet.fleet.plan import Action, assign_pins, plan_builder
 
 
 def spec(name: str, *platforms: str, image: str = "img", digest: str = "") -> NodeSpec:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nodefleet import buildx
-from nodefleet.buildstate import BuildRecord
-from nodefleet.fleet import resolve_buildkitd_config
+from nodefleet.buildx import store as buildx
+from nodefleet.buildx.config import resolve_buildkitd_config
 from nodefleet.inventory import parse_inventory
 from nodefleet.state import BuilderState, write_private
 
@@ -81,17 +80,29 @@ def test_generated_buildkitd_config_and_builder_state_are_private(tmp_path: Path
     config = resolve_buildkitd_config(inventory, state)
     assert config is not None
     assert mode(config) == 0o600 and mode(state.dir) == 0o700
-    with state.lock(1):
+    with state.lock.hold(1):
         state.save_digests({"a": "d1"})
-    for path in (state.lock_file, state.record_file):
+    for path in (state.lock.path, state.record_file):
         assert mode(path) == 0o600, path
 
     async def record() -> None:
-        async with BuildRecord(state.dir / "fleet-build.json").update() as data:
+        async with state.build_record.update() as data:
             data["nodes"]["a"] = {"last_used": 1.0}
+        async with state.helper_record.update() as data:
+            data["helpers"]["fleet--a"] = {"node": "a", "config_digest": "d1"}
 
     asyncio.run(record())
     files = [path for path in state.dir.rglob("*") if path.is_file()]
-    assert len(files) >= 5, files
+    assert len(files) >= 7, files  # buildkitd.toml, builder.lock, record.json, build.json/.lock, helpers.json/.lock
     for path in files:
         assert mode(path) == 0o600, path
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_every_folder_of_the_state_is_private(tmp_path: Path) -> None:
+    """The state folder and builders/ too: a folder others can write lets them swap a builder's folder."""
+    state = BuilderState(tmp_path / "state" / "nodefleet", "fleet")
+    with state.lock.hold(1):
+        state.save_digests({"a": "d1"})
+    folders = [state.root, *(path for path in state.root.rglob("*") if path.is_dir())]
+    assert {folder: mode(folder) for folder in folders} == dict.fromkeys(folders, 0o700)

@@ -7,9 +7,10 @@ import json
 import stat
 from pathlib import Path
 
-from nodefleet import fleet
-from nodefleet.facts import NodeHealth, parse_facts
-from nodefleet.state import ProbeCache
+from nodefleet.host.cache import ProbeCache
+from nodefleet.host.facts import HostFacts, NodeHealth, parse_keys
+from nodefleet.host.facts import parse_facts as parse_fact_keys
+from nodefleet.host.probe import health_with_cache, machine_with_cache
 
 INSTANCE = "c0ffee" * 10 + "abcd 2026-11-28T10:17:02Z"
 WORKERS = ("linux/arm64", "linux/arm/v7")
@@ -44,15 +45,19 @@ def test_only_the_newest_entries_are_kept(tmp_path: Path, monkeypatch: object) -
 def test_health_fills_in_from_the_cache_only_for_the_same_instance(tmp_path: Path) -> None:
     cache = ProbeCache(tmp_path)
     asked = NodeHealth("running", "v0.13.2", WORKERS, instance=INSTANCE, asked=True)
-    assert fleet._with_cache(asked, cache, "k") == asked
+    assert health_with_cache(asked, cache, "k") == asked
     assert cache.get("k") == (INSTANCE, "v0.13.2", WORKERS)
     known = NodeHealth("running", None, (), instance=INSTANCE, asked=False)
-    filled = fleet._with_cache(known, cache, "k")
+    filled = health_with_cache(known, cache, "k")
     assert filled.buildkit_version == "v0.13.2" and filled.native_platform == "linux/arm64"
     other = NodeHealth("running", None, (), instance="f" * 64 + " later", asked=False)
-    assert fleet._with_cache(other, cache, "k").worker_platforms == ()
+    assert health_with_cache(other, cache, "k").worker_platforms == ()
     stopped = NodeHealth("exited", None, (), instance=INSTANCE, asked=False)
-    assert fleet._with_cache(stopped, cache, "k").worker_platforms == ()
+    assert health_with_cache(stopped, cache, "k").worker_platforms == ()
+
+
+def parse_facts(output: str) -> HostFacts:
+    return parse_fact_keys(parse_keys(output))
 
 
 BOOT = "0f3c1d2e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
@@ -61,15 +66,15 @@ BOOT = "0f3c1d2e-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
 def test_a_machine_is_filled_in_only_for_the_boot_it_was_read_in(tmp_path: Path) -> None:
     cache = ProbeCache(tmp_path)
     reported = parse_facts(f"boot_id={BOOT}\nmachine=aarch64\nuserland_bits=32\nos=x\n")
-    assert fleet._machine_with_cache(reported, cache, "h:22") == reported
+    assert machine_with_cache(reported, cache, "h:22") == reported
     cache.save()
     again = ProbeCache(tmp_path)
     assert again.machine("h:22") == (BOOT, "aarch64", 32)
-    same_boot = fleet._machine_with_cache(parse_facts(f"boot_id={BOOT}\nos=x\n"), again, "h:22")
+    same_boot = machine_with_cache(parse_facts(f"boot_id={BOOT}\nos=x\n"), again, "h:22")
     assert same_boot.machine == "aarch64" and same_boot.platform == "linux/arm/v7"
-    rebooted = fleet._machine_with_cache(parse_facts(f"boot_id={BOOT[:-1]}0\nos=x\n"), again, "h:22")
+    rebooted = machine_with_cache(parse_facts(f"boot_id={BOOT[:-1]}0\nos=x\n"), again, "h:22")
     assert rebooted.machine == "" and rebooted.platform is None
-    assert fleet._machine_with_cache(parse_facts(f"boot_id={BOOT}\n"), again, "other:22").platform is None
+    assert machine_with_cache(parse_facts(f"boot_id={BOOT}\n"), again, "other:22").platform is None
 
 
 def test_an_unchanged_answer_does_not_rewrite_the_file(tmp_path: Path) -> None:
