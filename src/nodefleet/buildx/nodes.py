@@ -10,6 +10,10 @@ from pathlib import Path
 from nodefleet.inventory import Host
 
 DRIVER = "docker-container"
+# The digest of the node's buildkitd config, kept in buildx's store with the node (as an environment variable of
+# its BuildKit container, which BuildKit ignores): what `up` applied can be read back from buildx's store itself,
+# so a lost or damaged nodefleet record does not make every node look changed.
+DIGEST_OPT = "env.NODEFLEET_CONFIG_DIGEST"
 CONTAINER_PREFIX = "buildx_buildkit_"
 
 
@@ -42,8 +46,9 @@ class NodeSpec:
     config_digest: str = ""
 
     def all_driver_opts(self) -> dict[str, str]:
-        """Driver options as buildx stores them, the image included."""
-        return {"image": self.image, **self.driver_opts}
+        """Driver options as buildx stores them, the image and the config's digest included."""
+        digest = {DIGEST_OPT: self.config_digest} if self.config_digest else {}
+        return {"image": self.image, **self.driver_opts, **digest}
 
 
 def node_spec(host: Host, platforms: tuple[str, ...], config: Path | None, digest: str) -> NodeSpec:

@@ -9,7 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from nodefleet.buildx.argv import leave_argv, rm_argv
-from nodefleet.buildx.nodes import NodeSpec, node_spec
+from nodefleet.buildx.nodes import DIGEST_OPT, NodeSpec, node_spec
 from nodefleet.buildx.store import StoredBuilder, StoredNode
 from nodefleet.inventory import Host
 
@@ -51,7 +51,8 @@ def assign_pins(platforms_by_node: Sequence[tuple[str, tuple[str, ...]]]) -> dic
 
 
 def diff_node(desired: NodeSpec, stored: StoredNode, recorded_digest: str | None) -> NodeChange:
-    """Compare one desired node with the stored one."""
+    """Compare one desired node with the stored one. The config digest `up` applied is nodefleet's record's, else
+    the one kept in buildx's store with the node (DIGEST_OPT)."""
     reasons: list[str] = []
     recreate = False
     if stored.endpoint != desired.endpoint:
@@ -60,19 +61,26 @@ def diff_node(desired: NodeSpec, stored: StoredNode, recorded_digest: str | None
     # A standby (no pins wanted) loses a stale pin when the primary takes it; buildx cannot unpin otherwise.
     if desired.platforms and set(stored.platforms) != set(desired.platforms):
         reasons.append(f"pinned {','.join(stored.platforms) or '-'} -> {','.join(desired.platforms)}")
-    if dict(stored.driver_opts) != desired.all_driver_opts():
+    if _without_digest(stored.driver_opts) != _without_digest(desired.all_driver_opts()):
         reasons.append("driver options changed")
         recreate = True
-    if recorded_digest is not None and recorded_digest != desired.config_digest:
+    applied = recorded_digest if recorded_digest is not None else stored.driver_opts.get(DIGEST_OPT)
+    if applied is not None and applied != desired.config_digest:
         reasons.append("buildkitd config changed")
         recreate = True
-    elif recorded_digest is None and desired.config_digest:
-        # Not set up by nodefleet (or its record was lost): re-apply so the config is known to be in place.
+    elif applied is None and desired.config_digest:
+        # Not set up by nodefleet (or by a version that kept no digest with the node, and its record was lost):
+        # re-apply so the config is known to be in place.
         reasons.append("buildkitd config not recorded")
         recreate = True
     if not reasons:
         return NodeChange(desired.name, Action.KEEP)
     return NodeChange(desired.name, Action.UPDATE, tuple(reasons), recreate)
+
+
+def _without_digest(opts: Mapping[str, str]) -> dict[str, str]:
+    """Driver options but the config digest, which is compared on its own."""
+    return {key: value for key, value in opts.items() if key != DIGEST_OPT}
 
 
 def plan_builder(
