@@ -249,13 +249,14 @@ def test_the_probe_asks_as_much_of_the_host_as_it_is_told(
 
 
 def test_a_host_without_getconf_takes_its_userland_width_from_bin_sh(tmp_path: Path) -> None:
-    """An Alpine- or OpenWrt-like host: busybox sh with its applets and no getconf. The userland width is the ELF
-    class of /bin/sh (byte 4: 1 for 32 bits, 2 for 64)."""
+    """An Alpine- or OpenWrt-like host: busybox sh with its applets and nothing else on PATH (no getconf). The
+    userland width is the ELF class of /bin/sh (byte 4: 1 for 32 bits, 2 for 64)."""
     stub = stub_docker(tmp_path / "bin", "exit 1")
     width = {1: 32, 2: 64}[Path("/bin/sh").read_bytes()[4]]
-    out = run_script("busybox", probe_script(CONTAINER, facts=Facts.MACHINE), {"PATH": str(stub)}).stdout
+    out = run_script("busybox", probe_script(CONTAINER), {"PATH": str(stub)}).stdout
     facts = parse_facts(out)
     assert facts.userland_bits == width and facts.machine and facts.platform is not None
+    assert facts.os and facts.disk_free_bytes is not None  # os-release read by the shell, df an applet
 
 
 @pytest.mark.parametrize(
