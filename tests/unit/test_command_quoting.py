@@ -36,7 +36,7 @@ from nodefleet.buildx import argv as buildx
 from nodefleet.buildx.argv import imagetools_create_argv, imagetools_inspect_argv
 from nodefleet.buildx.config import render_buildkitd_config
 from nodefleet.buildx.helpers import helper_name
-from nodefleet.buildx.nodes import DRIVER, container_name, node_spec, state_volume_name
+from nodefleet.buildx.nodes import DIGEST_OPT, DRIVER, container_name, node_spec, state_volume_name
 from nodefleet.errors import InventoryError
 from nodefleet.fleet.plan import assign_pins
 from nodefleet.host.facts import Facts, probe_script
@@ -276,7 +276,8 @@ def check_buildx(inventory: Inventory, config: Path | None) -> None:
                 (field,) = next(csv.reader([opt]))
                 key, _, value = field.partition("=")
                 parsed[key] = value
-            assert parsed == {"image": host.buildkit_image, **host.driver_opts}
+            # The config's digest rides along as a driver option BuildKit ignores (DIGEST_OPT).
+            assert parsed == {"image": host.buildkit_image, **host.driver_opts, DIGEST_OPT: "digest"}
             if config is not None:
                 assert_option(argv, "--buildkitd-config", str(config))
             # The endpoint is the last word and parses back to the host (target_from_endpoint relies on it).
