@@ -346,7 +346,7 @@ STUB_INSTANCE = "a" * 64 + " 2026-01-01T00:00:00Z"  # what the stub's `docker in
 STUB_DOCKER = """#!/bin/sh
 printf '%s\\0' "$#" "$@" >> "$ARGV_LOG"
 [ "$1 $2" = "container inspect" ] && exit 1
-[ "$1 $2" = "inspect -f" ] && echo "running STUB_INSTANCE"
+[ "$1 $2 $3 $4" = "inspect --type container -f" ] && echo "running STUB_INSTANCE"
 exit 0
 """.replace("STUB_INSTANCE", STUB_INSTANCE)
 # The `docker inspect` format of probe.sh, as the script says it (the test checks it reaches docker whole).
@@ -398,19 +398,19 @@ def test_remote_commands_under_a_real_shell_pass_any_value_as_one_argument(
     volume = state_volume_name(node)
     expected = {
         probe_script(container, facts=Facts.NONE): [
-            ["inspect", "-f", INSPECT_FORMAT, container],
+            ["inspect", "--type", "container", "-f", INSPECT_FORMAT, container],
             ["exec", container, "buildctl", "debug", "info"],
             ["exec", container, "buildctl", "debug", "workers", "--format", "{{json .}}"],
         ],
         probe_script(container, known_instance=STUB_INSTANCE, facts=Facts.NONE): [
-            ["inspect", "-f", INSPECT_FORMAT, container]
+            ["inspect", "--type", "container", "-f", INSPECT_FORMAT, container]
         ],
         probe_script(container, image=image, known_instance=STUB_INSTANCE, facts=Facts.NONE): [
-            ["inspect", "-f", INSPECT_FORMAT, container],
+            ["inspect", "--type", "container", "-f", INSPECT_FORMAT, container],
             ["image", "inspect", image],  # the stub's container names no image: asked
         ],
         probe_script(container, image=image, known_instance=STUB_INSTANCE): [
-            ["inspect", "-f", INSPECT_FORMAT, container],
+            ["inspect", "--type", "container", "-f", INSPECT_FORMAT, container],
             ["image", "inspect", image],
             ["version", "--format", "server_version={{.Server.Version}}"],  # the stub's engine says no version
         ],

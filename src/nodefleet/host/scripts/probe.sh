@@ -12,6 +12,8 @@
 #   IMAGE           the BuildKit image to look for. Empty: do not look.
 #   FACTS           full (machine, OS, engine, disk), machine (machine and userland width only) or none.
 #
+# Lines that carry outside text are printed with printf: dash's echo would read backslashes in them as escapes.
+#
 # Keys: state instance buildkit workers inspect_error | image | boot_id machine userland_bits | os docker_cli
 #       server_version docker_root docker_error disk_free_kb
 set -f
@@ -22,27 +24,32 @@ nl='
 # The node. BuildKit is asked through buildctl in the running daemon: `buildkitd --version` would start a second
 # daemon binary (over a second where it is emulated); BuildKit before v0.11 has no `buildctl debug info`.
 format='{{.State.Status}} {{.Id}} {{.State.StartedAt}} {{.Config.Image}} {{range .Mounts}}{{if eq .Destination "/var/lib/buildkit"}}{{.Source}}{{end}}{{end}}'
-container_image= root=
-if out=$(docker inspect -f "$format" "$container" 2>&1); then
+container_image='' root=''
+if out=$(docker inspect --type container -f "$format" "$container" 2>&1); then
   # shellcheck disable=SC2086  # split into the fields of the format (globbing is off)
   set -- $out
   state=$1 instance="$2 $3" container_image=$4
-  # The state volume's folder (the last field, spaces and all) is <engine data root>/volumes/<volume>/_data.
-  if [ $# -gt 4 ]; then shift 4; root="$*"; root=${root%/volumes/*/_data}; fi
+  # The state volume's folder (what follows the first four fields, spaces and all) is
+  # <engine data root>/volumes/<volume>/_data.
+  if [ $# -gt 4 ]; then root=${out#* * * * }; root=${root%/volumes/*/_data}; fi
 else
   instance=
   case "$out" in
     *"o such object"* | *"o such container"*) state=missing ;;
-    *) state=unknown; echo "inspect_error=$(printf '%s\n' "$out" | grep . | tail -n 1)" ;;
+    *)
+      state=unknown
+      error=$(printf '%s\n' "$out" | grep . | tail -n 1)
+      printf '%s\n' "inspect_error=${error:-docker inspect failed without a word}"
+      ;;
   esac
 fi
-echo "state=$state"
-echo "instance=$instance"
+printf '%s\n' "state=$state"
+printf '%s\n' "instance=$instance"
 if [ "$state" = running ] && [ "$instance" != "$known_instance" ]; then
   info=$(docker exec "$container" buildctl debug info 2>/dev/null) ||
     info=$(docker exec "$container" buildkitd --version 2>/dev/null)
-  echo "buildkit=${info%%"$nl"*}"
-  echo "workers=$(docker exec "$container" buildctl debug workers --format '{{json .}}' 2>/dev/null)"
+  printf '%s\n' "buildkit=${info%%"$nl"*}"
+  printf '%s\n' "workers=$(docker exec "$container" buildctl debug workers --format '{{json .}}' 2>/dev/null)"
 fi
 
 # The image. A running container made from it answers without a process: the engine keeps a running
@@ -61,25 +68,25 @@ fi
 [ "$facts" = none ] && exit 0
 boot=
 read -r boot 2>/dev/null </proc/sys/kernel/random/boot_id
-echo "boot_id=$boot"
+printf '%s\n' "boot_id=$boot"
 if [ -z "$boot" ] || [ "$boot" != "$known_boot" ]; then
-  echo "machine=$(uname -m 2>/dev/null)"
+  printf '%s\n' "machine=$(uname -m 2>/dev/null)"
   bits=$(getconf LONG_BIT 2>/dev/null)
   if [ -z "$bits" ]; then
     case "$(od -An -tx1 -j4 -N1 /bin/sh 2>/dev/null | tr -d ' ')" in 01) bits=32 ;; 02) bits=64 ;; esac
   fi
-  echo "userland_bits=$bits"
+  printf '%s\n' "userland_bits=$bits"
 fi
 [ "$facts" = machine ] && exit 0
 if [ -r /etc/os-release ]; then
   # shellcheck disable=SC1091  # the host's own file
   . /etc/os-release
-  echo "os=${PRETTY_NAME:-$ID}"
+  printf '%s\n' "os=${PRETTY_NAME:-$ID}"
 else
-  echo "os=$(uname -s)"
+  printf '%s\n' "os=$(uname -s)"
 fi
 if command -v docker >/dev/null 2>&1; then
-  echo "docker_cli=yes"
+  printf '%s\n' "docker_cli=yes"
   # `docker version` answers for the engine; `docker info` costs several times more (it starts every CLI plugin
   # and has the engine run its runtimes), so it is asked for the data root only when no state volume told it.
   # An engine that does not answer leaves the version empty, and its error on stderr.
@@ -87,16 +94,16 @@ if command -v docker >/dev/null 2>&1; then
   version=
   case "$out" in *server_version=*) version=${out#*server_version=}; version=${version%%"$nl"*} ;; esac
   if [ -n "$version" ]; then
-    echo "server_version=$version"
+    printf '%s\n' "server_version=$version"
     [ -n "$root" ] || root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)
-    echo "docker_root=$root"
+    printf '%s\n' "docker_root=$root"
   else
-    echo "docker_error=$(printf '%s\n' "$out" | grep -v -e '^server_version=' | grep . | tail -n 1)"
+    printf '%s\n' "docker_error=$(printf '%s\n' "$out" | grep -v -e '^server_version=' | grep . | tail -n 1)"
   fi
 else
-  echo "docker_cli=no"
+  printf '%s\n' "docker_cli=no"
 fi
 [ -d "$root" ] || root=/
 # shellcheck disable=SC2046  # split df's last line into its fields (globbing is off)
 set -- $(df -Pk "$root" 2>/dev/null)
-echo "disk_free_kb=${11}"
+printf '%s\n' "disk_free_kb=${11}"

@@ -13,6 +13,6 @@ out=$(docker version --format '{{.Server.Version}}' 2>&1) || {
 docker rm -f "$container" >/dev/null 2>&1
 if [ -n "$volume" ]; then docker volume rm -f "$volume" >/dev/null 2>&1; fi
 if docker container inspect "$container" >/dev/null 2>&1; then
-  echo "$container is still there" >&2
+  printf '%s\n' "$container is still there" >&2
   exit 1
 fi
