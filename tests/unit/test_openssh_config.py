@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nodefleet.errors import UsageError
 from nodefleet.host.openssh import openssh_argv, openssh_config_argv, parse_openssh_config, strictness_problem
 from nodefleet.target import SSHTarget
 
@@ -67,3 +68,10 @@ def test_real_ssh_G_reports_a_config_that_turns_checking_off(tmp_path: Path) -> 
     config = parse_openssh_config(done.stdout)
     assert config.strict == "false"
     assert "StrictHostKeyChecking false" in (strictness_problem(config, TARGET) or "")
+
+
+def test_a_known_hosts_path_reaches_openssh_as_one_literal_value() -> None:
+    argv = openssh_argv(SSHTarget("a", "10.0.0.1", known_hosts=Path("/lab/100%/known_hosts")), "true")
+    assert "UserKnownHostsFile=/lab/100%%/known_hosts" in argv
+    with pytest.raises(UsageError, match="double quote"):
+        openssh_argv(SSHTarget("a", "10.0.0.1", known_hosts=Path('/lab/"x"/known_hosts')), "true")

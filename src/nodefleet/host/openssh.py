@@ -9,7 +9,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 
-from nodefleet.errors import CommandError, tail
+from nodefleet.errors import CommandError, UsageError, tail
 from nodefleet.runner import run_local
 from nodefleet.target import SSHTarget
 
@@ -42,7 +42,11 @@ def openssh_config_argv(target: SSHTarget) -> list[str]:
 
 
 def _config_value(value: str) -> str:
-    """A path as one ssh_config value: it splits on whitespace, double quotes group."""
+    """A path as one ssh_config value: `%` starts a token (so it is doubled), whitespace splits (so the value is
+    double-quoted), and a double quote cannot be written at all."""
+    if '"' in value:
+        raise UsageError(f"known_hosts {value!r}: OpenSSH cannot be given a path with a double quote")
+    value = value.replace("%", "%%")
     return f'"{value}"' if any(char.isspace() for char in value) else value
 
 
