@@ -1,0 +1,68 @@
+"""After the platforms are built: one index under every name from the platforms' pushed images, and one metadata
+file merged from every platform's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from nodefleet.build.argv import repository
+from nodefleet.build.context import Context
+from nodefleet.build.output import index_digests, merge_metadata
+from nodefleet.build.report import BuildReport
+from nodefleet.buildx.argv import imagetools_create_argv, imagetools_inspect_argv
+from nodefleet.errors import CommandError
+from nodefleet.runner import run_local
+
+INDEX_TIMEOUT = 300.0  # seconds for `imagetools create`: a registry that stops answering must not hang the build
+
+
+async def assemble_index(ctx: Context, report: BuildReport) -> None:
+    """Put the platforms' pushed images in one index under every name, then read its manifests back."""
+    names = ctx.request.image_names
+    repo = repository(names[0])
+    sources = []
+    for result in report.platforms:
+        digest = result.metadata.get("containerimage.digest")
+        if not digest:
+            report.failure = f"{result.platform}: buildx's metadata has no containerimage.digest; nothing to assemble"
+            return
+        sources.append(f"{repo}@{digest}")
+    node = report.platforms[0].node or ""
+    helper, env = ctx.used.get(node) or (await ctx.helper(node, gateway=False), None)
+    ctx.options.notice(f"assembling the index {', '.join(names)} from {len(sources)} platforms")
+    timeout = max(INDEX_TIMEOUT, ctx.inventory.defaults.command_timeout)
+    try:
+        await _run_logged(ctx, imagetools_create_argv(helper, names, sources), env, timeout)
+        inspected = await run_local(imagetools_inspect_argv(helper, names[0]), timeout=120, env=env)
+    except CommandError as exc:
+        report.failure = f"assembling the index failed: {exc}"
+        return
+    report.pushed = True
+    report.names = tuple(names)
+    report.index_digest, digests = index_digests(inspected.stdout)
+    for result in report.platforms:
+        result.manifest_digest = digests.get(result.platform)
+        if result.manifest_digest is None:
+            report.failure = f"the pushed index {names[0]} has no {result.platform} manifest"
+
+
+async def _run_logged(ctx: Context, argv: list[str], env: Mapping[str, str] | None, timeout: float) -> None:
+    """Run an imagetools command within `timeout`, its output passed on as progress lines labelled `index`."""
+    result = await run_local(argv, timeout=timeout, env=env)
+    for line in result.stderr.splitlines():
+        ctx.options.progress("index", line)
+
+
+def write_metadata(ctx: Context, report: BuildReport) -> None:
+    """The user's --iidfile and --metadata-file, for the whole build."""
+    request = ctx.request
+    if report.index_digest and request.iidfile:
+        Path(request.iidfile).write_text(report.index_digest)
+    if not request.metadata_file:
+        return
+    per_platform = {result.platform: result.metadata for result in report.platforms if result.metadata}
+    nodes = {result.platform: result.node or "" for result in report.platforms}
+    merged = merge_metadata(per_platform, nodes, index_digest=report.index_digest, names=report.names)
+    Path(request.metadata_file).write_text(json.dumps(merged, indent=2) + "\n")
