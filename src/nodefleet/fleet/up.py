@@ -13,7 +13,7 @@ from nodefleet.buildx.nodes import DRIVER, NodeSpec
 from nodefleet.buildx.store import StoredBuilder
 from nodefleet.errors import CommandError, NodefleetError, UsageError
 from nodefleet.fanout import each
-from nodefleet.fleet.plan import Action, Member, NodeChange, edits, plan_up, removal_argv
+from nodefleet.fleet.plan import Action, Member, NodeChange, edits, kept_digests, plan_up, removal_argv
 from nodefleet.fleet.remove import remove_hosts
 from nodefleet.fleet.work import (
     FleetOptions,
@@ -185,6 +185,10 @@ async def _apply(
         if change.node in by_name:
             by_name[change.node].result.action = change.action.value
             by_name[change.node].result.changes = change.reasons
+    recorded = state.load_digests()
+    whole = kept_digests(recorded, changes, specs)
+    if whole != recorded:
+        state.save_digests(whole)
     removals = removal_argv(builder, changes, stored)
     wanted = edits(changes)
     if not removals and not wanted:
