@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from nodefleet.errors import UsageError
-from nodefleet.host.openssh import openssh_argv, openssh_config_argv, parse_openssh_config, strictness_problem
+from nodefleet.host.openssh import (
+    openssh_argv,
+    openssh_config_argv,
+    parse_openssh_config,
+    strictness_problem,
+    takes_unknown_keys,
+)
 from nodefleet.target import SSHTarget
 
 TARGET = SSHTarget("a", "10.0.0.1", user="builder", port=2222)
@@ -75,3 +81,13 @@ def test_a_known_hosts_path_reaches_openssh_as_one_literal_value() -> None:
     assert "UserKnownHostsFile=/lab/100%%/known_hosts" in argv
     with pytest.raises(UsageError, match="double quote"):
         openssh_argv(SSHTarget("a", "10.0.0.1", known_hosts=Path('/lab/"x"/known_hosts')), "true")
+
+
+@pytest.mark.parametrize(("strict", "takes"), [("true", False), ("ask", False), ("accept-new", True), ("false", True)])
+def test_only_an_openssh_that_takes_an_unknown_key_reaches_a_host_missing_from_its_files(
+    strict: str, takes: bool
+) -> None:
+    # A host whose verified key is not in OpenSSH's known_hosts: with accept-new buildx would reach whatever answers
+    # (the host leaves the builder); a strict OpenSSH refuses it, and the builder stays as it is.
+    config = parse_openssh_config(G.format(strict=strict, files="/root/.ssh/known_hosts"))
+    assert takes_unknown_keys(config) is takes

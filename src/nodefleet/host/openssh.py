@@ -93,6 +93,13 @@ def strictness_problem(config: OpenSSHConfig, target: SSHTarget) -> str | None:
     return None
 
 
+def takes_unknown_keys(config: OpenSSHConfig) -> bool:
+    """Whether OpenSSH, with these settings, would connect to a host whose key is in none of its known_hosts files
+    (`accept-new` records whatever key answers). `yes`, and `ask` without a terminal (buildx's ssh runs without
+    one), refuse such a host: buildx then reaches nothing there."""
+    return config.strict not in {"yes", "true", "ask"}
+
+
 @dataclass(frozen=True)
 class OpenSSHCheck:
     """buildx's OpenSSH path to a host: what went wrong end to end (None when the engine answered), and the
