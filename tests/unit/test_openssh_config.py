@@ -91,3 +91,12 @@ def test_only_an_openssh_that_takes_an_unknown_key_reaches_a_host_missing_from_i
     # (the host leaves the builder); a strict OpenSSH refuses it, and the builder stays as it is.
     config = parse_openssh_config(G.format(strict=strict, files="/root/.ssh/known_hosts"))
     assert takes_unknown_keys(config) is takes
+
+
+def test_the_inventory_refuses_a_known_hosts_path_openssh_cannot_take() -> None:
+    from nodefleet.errors import InventoryError
+    from nodefleet.inventory import parse_inventory
+
+    document = {"defaults": {"known_hosts": '/lab/"x"'}, "hosts": [{"name": "a", "address": "10.0.0.1"}]}
+    with pytest.raises(InventoryError, match=r"defaults\.known_hosts: .*OpenSSH cannot be given a path with a double"):
+        parse_inventory(document, Path("/lab/inventory.toml"))
