@@ -83,8 +83,18 @@ class FileLock:
         mode = "shared" if shared else "exclusive"
         return f"waiting up to {wait:g} s for {self.what} ({mode} lock {self.path})"
 
-    def _timed_out(self, wait: float) -> LockError:
-        return LockError(f"{self.what} still running after {wait:g} s (lock {self.path}); try again later")
+    def _tries(self, fd: int, wait: float, shared: bool, on_wait: Callable[[str], None] | None) -> Iterator[float]:
+        """Try the lock until it is taken, yielding how long to pause between tries (the caller sleeps or awaits);
+        tells `on_wait` once when it is not free at once, and raises LockError after `wait` seconds."""
+        deadline = time.monotonic() + wait
+        told = False
+        while not self._try(fd, shared):
+            if time.monotonic() >= deadline:
+                raise LockError(f"{self.what} still running after {wait:g} s (lock {self.path}); try again later")
+            if on_wait is not None and not told:
+                on_wait(self._waiting(wait, shared))
+                told = True
+            yield _POLL
 
     @contextlib.contextmanager
     def hold(
@@ -93,15 +103,8 @@ class FileLock:
         """Hold the lock in sync code, waiting up to `wait` seconds."""
         fd = self._open()
         try:
-            deadline = time.monotonic() + wait
-            told = False
-            while not self._try(fd, shared):
-                if time.monotonic() >= deadline:
-                    raise self._timed_out(wait)
-                if on_wait is not None and not told:
-                    on_wait(self._waiting(wait, shared))
-                    told = True
-                time.sleep(_POLL)
+            for pause in self._tries(fd, wait, shared, on_wait):
+                time.sleep(pause)
             yield
         finally:
             os.close(fd)
@@ -113,15 +116,8 @@ class FileLock:
         """Hold the lock in async code, waiting up to `wait` seconds without blocking the event loop."""
         fd = self._open()
         try:
-            deadline = time.monotonic() + wait
-            told = False
-            while not self._try(fd, shared):
-                if time.monotonic() >= deadline:
-                    raise self._timed_out(wait)
-                if on_wait is not None and not told:
-                    on_wait(self._waiting(wait, shared))
-                    told = True
-                await asyncio.sleep(_POLL)
+            for pause in self._tries(fd, wait, shared, on_wait):
+                await asyncio.sleep(pause)
             yield
         finally:
             os.close(fd)
