@@ -79,3 +79,46 @@ def test_removals_leave_node_by_node_unless_every_node_goes() -> None:
     changes, _ = plan_up([Member(other.hosts[0], "linux/amd64", True)], stored, {}, None, "")
     assert removal_argv("nodefleet", changes, stored) == [rm_argv("nodefleet", keep_state=True, keep_daemon=True)]
     assert [(change.node, change.action) for change in edits(changes)] == [("new", Action.CREATE)]
+
+
+def _pinned(inventory: Inventory, pins: dict[str, tuple[str, ...]]) -> StoredBuilder:
+    nodes = tuple(
+        StoredNode(host.name, f"ssh://{host.address}", pins[host.name], {"image": IMAGE}) for host in inventory.hosts
+    )
+    return StoredBuilder("nodefleet", "docker-container", nodes)
+
+
+def test_a_stale_pin_no_node_takes_is_dropped_by_leaving_and_joining_again() -> None:
+    # arm64-2 was reinstalled as an arm/v7 machine (pinned linux/arm/v7), then put back: it is an arm64 standby
+    # again, and nothing else pins linux/arm/v7, so buildx would keep routing arm/v7 builds to it.
+    inventory = _inventory()
+    stored = _pinned(
+        inventory, {"amd64-1": ("linux/amd64",), "arm64-1": ("linux/arm64",), "arm64-2": ("linux/arm/v7",)}
+    )
+    members = _members(inventory, {"amd64-1": "linux/amd64", "arm64-1": "linux/arm64", "arm64-2": "linux/arm64"}, set())
+    digests = {"amd64-1": "", "arm64-1": "", "arm64-2": ""}
+    changes, specs = plan_up(members, stored, digests, None, "")
+    by_node = {change.node: change for change in changes}
+    assert specs["arm64-2"].platforms == ()
+    assert by_node["arm64-2"].action is Action.UPDATE and by_node["arm64-2"].rejoin
+    assert not by_node["arm64-2"].recreate  # its container and cache stay
+    assert by_node["amd64-1"].action is Action.KEEP and by_node["arm64-1"].action is Action.KEEP
+
+
+def test_a_stale_pin_another_node_takes_needs_no_rejoin() -> None:
+    # buildx moves a pin when another node takes it: the standby loses it without leaving.
+    inventory = _inventory()
+    stored = _pinned(inventory, {"amd64-1": ("linux/amd64",), "arm64-1": (), "arm64-2": ("linux/arm64",)})
+    members = _members(inventory, {"amd64-1": "linux/amd64", "arm64-1": "linux/arm64", "arm64-2": "linux/arm64"}, set())
+    changes, _ = plan_up(members, stored, {"amd64-1": "", "arm64-1": "", "arm64-2": ""}, None, "")
+    by_node = {change.node: change for change in changes}
+    assert by_node["arm64-1"].action is Action.UPDATE and not by_node["arm64-1"].rejoin
+    assert by_node["arm64-2"].action is Action.KEEP
+
+
+def test_an_unreachable_node_keeps_its_pin_taken() -> None:
+    inventory = _inventory()
+    stored = _pinned(inventory, {"amd64-1": ("linux/amd64",), "arm64-1": ("linux/arm64",), "arm64-2": ()})
+    members = _members(inventory, {"amd64-1": "linux/amd64", "arm64-1": None, "arm64-2": "linux/arm64"}, {"arm64-1"})
+    changes, _ = plan_up(members, stored, {"amd64-1": "", "arm64-1": "", "arm64-2": ""}, None, "")
+    assert all(change.action is Action.KEEP for change in changes)

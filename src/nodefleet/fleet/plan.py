@@ -32,6 +32,8 @@ class NodeChange:
     action: Action
     reasons: tuple[str, ...] = ()
     recreate: bool = False
+    # The node leaves the builder and joins it again: the only way to drop a pin buildx keeps on an update.
+    rejoin: bool = False
 
 
 def assign_pins(platforms_by_node: Sequence[tuple[str, tuple[str, ...]]]) -> dict[str, tuple[str, ...]]:
@@ -50,11 +52,18 @@ def assign_pins(platforms_by_node: Sequence[tuple[str, tuple[str, ...]]]) -> dic
     return pins
 
 
-def diff_node(desired: NodeSpec, stored: StoredNode, recorded_digest: str | None) -> NodeChange:
+def diff_node(
+    desired: NodeSpec, stored: StoredNode, recorded_digest: str | None, taken: frozenset[str] = frozenset()
+) -> NodeChange:
     """Compare one desired node with the stored one. The config digest `up` applied is nodefleet's record's, else
-    the one kept in buildx's store with the node (DIGEST_OPT)."""
+    the one kept in buildx's store with the node (DIGEST_OPT). `taken`: the platforms the desired nodes pin."""
     reasons: list[str] = []
     recreate = False
+    # A pin no desired node takes over (the host is another machine now, say): buildx would keep routing that
+    # platform here, and only leaving and joining again drops it.
+    stale = tuple(platform for platform in stored.platforms if platform not in taken)
+    if not desired.platforms and stale:
+        reasons.append(f"pinned {','.join(stored.platforms)} -> - (no other node takes {','.join(stale)})")
     if stored.endpoint != desired.endpoint:
         reasons.append(f"endpoint {stored.endpoint} -> {desired.endpoint}")
         recreate = True
@@ -75,7 +84,9 @@ def diff_node(desired: NodeSpec, stored: StoredNode, recorded_digest: str | None
         recreate = True
     if not reasons:
         return NodeChange(desired.name, Action.KEEP)
-    return NodeChange(desired.name, Action.UPDATE, tuple(reasons), recreate)
+    return NodeChange(
+        desired.name, Action.UPDATE, tuple(reasons), recreate, rejoin=not desired.platforms and bool(stale)
+    )
 
 
 def _without_digest(opts: Mapping[str, str]) -> dict[str, str]:
@@ -101,6 +112,9 @@ def plan_builder(
                 changes.append(NodeChange(node.name, Action.REMOVE, ("not in the inventory",), recreate=False))
     # When every stored node goes, the executor removes the whole builder (buildx cannot leave the last node).
     builder_exists = stored is not None and any(node.name in wanted | keep for node in stored.nodes)
+    taken = frozenset(platform for spec in desired for platform in spec.platforms)
+    if stored is not None:  # unreachable nodes keep their pins (see desired_specs)
+        taken |= {platform for node in stored.nodes if node.name in keep for platform in node.platforms}
     for spec in desired:
         current = stored.node(spec.name) if stored is not None else None
         if current is None:
@@ -108,7 +122,7 @@ def plan_builder(
             changes.append(NodeChange(spec.name, action, ("new node",), recreate=True))
             builder_exists = True
         else:
-            changes.append(diff_node(spec, current, recorded_digests.get(spec.name)))
+            changes.append(diff_node(spec, current, recorded_digests.get(spec.name), taken))
     return changes
 
 

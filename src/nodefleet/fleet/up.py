@@ -218,6 +218,8 @@ async def _apply(
     for change in wanted:
         options.progress(change.node, f"{change.action.value} node")
         try:
+            if change.rejoin:
+                await run_buildx(state, builder, leave_argv(builder, change.node))
             await run_buildx(state, builder, create_argv(builder, specs[change.node], append=exists), timeout=timeout)
         except NodefleetError as exc:
             by_name[change.node].fail(f"buildx: {exc}")
