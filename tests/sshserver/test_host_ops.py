@@ -108,3 +108,28 @@ def _hashed(host: str, key: str) -> str:
     salt = os_module.urandom(20)
     digest = hmac.new(salt, host.encode(), hashlib.sha1).digest()
     return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()} {key}\n"
+
+
+async def test_accept_new_records_the_key_where_the_connection_checks_it(
+    ssh_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a known_hosts in the inventory, the connection checks the UserKnownHostsFile ~/.ssh/config names:
+    --accept-new-host-keys records the key there, not in ~/.ssh/known_hosts (issue 12, defect 9)."""
+    from nodefleet.ssh import HostKeyPolicy
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    configured = home / "fleet_known_hosts"
+    (home / ".ssh" / "config").write_text(f"Host 127.0.0.1\n  UserKnownHostsFile {configured}\n")
+    monkeypatch.setenv("HOME", str(home))
+    target = ssh_server.target(known_hosts=None)
+    async with await open_session(target, policy=HostKeyPolicy.ACCEPT_NEW) as session:
+        assert (await session.run("echo ok", timeout=5)).stdout == "ok\n"
+    assert f"[127.0.0.1]:{ssh_server.port} ssh-ed25519 " in _read(configured)
+    assert not (home / ".ssh" / "known_hosts").exists()
+    async with await open_session(target):  # strict now: the key is found where it was recorded
+        pass
+
+
+def _read(path: Path) -> str:
+    return path.read_text()
