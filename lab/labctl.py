@@ -30,12 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labkit import clientfiles, hosts, network, registry, teardown
 from labkit.core import LOCK_FILE, LOCK_HELD_ENV, LabError, LabPaths, Log
 from labkit.selftest import SelfTest
-from labkit.spec import DEFAULT_SPEC, Host, parse_spec, spec_of
+from labkit.spec import DEFAULT_SPEC, PLATFORMS, Host, parse_spec, spec_of
 from labkit.steps import UpRun
 
 FAULTS = ["sshd-stop", "sshd-start", "engine-stop", "engine-start", "net-cut", "net-restore", "rekey"]
-# Not in the contract's list, for the test fixtures: undo `rekey` by putting the original host key back.
-EXTRA_FAULTS = ["rekey-restore"]
+# Not in the contract's list, for the test fixtures: undo `rekey` by putting the original host key back; reinstall a
+# host as an arm/v7 machine at the same address (new host key, armv7l sessions) and undo it; stop and start the
+# registry (HOST is `registry` for those two).
+EXTRA_FAULTS = ["rekey-restore", "reinstall-armv7", "reinstall-restore", "registry-stop", "registry-start"]
 
 
 class StepFailed(Exception):
@@ -269,6 +271,8 @@ def cmd_fault(args: argparse.Namespace) -> int:
         if lab is None:
             print("fault: the lab is not up", file=sys.stderr)
             return 3
+        if args.action.startswith("registry-") or args.host == "registry":
+            return registry_fault(paths, args.host, args.action)
         host = next((h for h in lab if h.name == args.host), None)
         if host is None:
             print(f"fault: no host {args.host!r}; hosts: {', '.join(h.name for h in lab)}", file=sys.stderr)
@@ -279,6 +283,27 @@ def cmd_fault(args: argparse.Namespace) -> int:
         except StepFailed:
             return 1
         return 0
+
+
+def registry_fault(paths: LabPaths, host: str, action: str) -> int:
+    """Stop or start the lab registry (its storage stays)."""
+    if host != "registry" or action not in ("registry-stop", "registry-start"):
+        print("fault: the registry takes `fault registry registry-stop|registry-start`", file=sys.stderr)
+        return 2
+    steps = Steps("fault", paths.logs, sys.stdout)
+
+    def go(log: Log) -> str:
+        if action == "registry-stop":
+            registry.stop(paths)
+        elif not registry.running(paths):
+            registry.start(paths, log)
+        return "registry " + ("up" if registry.running(paths) else "DOWN")
+
+    try:
+        steps.run(f"registry {action}", go)
+    except StepFailed:
+        return 1
+    return 0
 
 
 def apply_fault(paths: LabPaths, host: Host, action: str, log: Log) -> str:
@@ -301,6 +326,14 @@ def apply_fault(paths: LabPaths, host: Host, action: str, log: Log) -> str:
             hosts.replace_host_key(paths, host, log)  # known_hosts keeps the old key on purpose
         else:
             hosts.restore_host_key(paths, host)
+        hosts.stop_sshd(paths, host)
+        hosts.start_sshd(paths, host, log)
+        hosts.wait_sshd(paths, host)
+    elif action in ("reinstall-armv7", "reinstall-restore"):
+        if action == "reinstall-armv7":
+            hosts.reinstall_as(paths, host, PLATFORMS["arm/v7"], log)
+        else:
+            hosts.reinstall_restore(paths, host)
         hosts.stop_sshd(paths, host)
         hosts.start_sshd(paths, host, log)
         hosts.wait_sshd(paths, host)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import http.client
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from .core import Journal, LabError, LabPaths, Log, daemon_alive, load_daemon, run, start_daemon, stop_daemon, wait_for
 from .network import ssh_banner
-from .spec import LAB_USER, Host
+from .spec import LAB_USER, Host, Platform
 
 DOCKER_GROUP = "nflab-docker"
 USER_MARK = "nodefleet-lab"  # the account's comment: how `down` knows the lab made it
@@ -249,3 +250,30 @@ def stop_sshd(paths: LabPaths, host: Host) -> None:
 
 def sshd_running(paths: LabPaths, host: Host) -> bool:
     return daemon_alive(load_daemon(paths, sshd_key(host)))
+
+
+def _authorized_keys(paths: LabPaths, host: Host) -> Path:
+    """The AuthorizedKeysFile the host's sshd config names."""
+    config = paths.host_dir(host.name) / "sshd_config"
+    for line in config.read_text().splitlines():
+        if line.startswith("AuthorizedKeysFile "):
+            return Path(line.split(" ", 1)[1])
+    raise LabError(f"{config} names no AuthorizedKeysFile")
+
+
+def reinstall_as(paths: LabPaths, host: Host, platform: Platform, log: Log) -> None:
+    """The host reinstalled as a machine of another platform at the same address: a new SSH host key (known_hosts
+    keeps the old one) and sessions in that platform's userland. Its engine stays (empty it to make it fresh).
+    `reinstall_restore` puts the host back as it was."""
+    if platform.emulated and not paths.userland(str(platform.deb_arch)).is_dir():
+        raise LabError(f"no {platform.platform} userland in {paths.userland(str(platform.deb_arch))}: "
+                       f"bring the lab up with a {platform.platform} host")  # fmt: skip
+    authorized = _authorized_keys(paths, host)
+    replace_host_key(paths, host, log)
+    write_sshd_config(paths, dataclasses.replace(host, platform=platform), authorized)
+
+
+def reinstall_restore(paths: LabPaths, host: Host) -> None:
+    authorized = _authorized_keys(paths, host)
+    restore_host_key(paths, host)
+    write_sshd_config(paths, host, authorized)

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from .core import LabError, LabPaths, Log, daemon_alive, load_daemon, start_daemon, wait_for
+from .core import LabError, LabPaths, Log, daemon_alive, load_daemon, start_daemon, stop_daemon, wait_for
 from .pki import ca_cert, registry_cert
 from .spec import BUILDKIT_VERSION, REGISTRY
 
@@ -45,6 +45,11 @@ def start(paths: LabPaths, log: Log) -> None:
     record = start_daemon(paths, DAEMON_KEY, ["docker-registry", "serve", str(config)], paths.logs / "registry.log")
     client = RegistryClient(REGISTRY, ca_cert(paths))
     wait_for("registry", client.ping, 20, alive=lambda: daemon_alive(record))
+
+
+def stop(paths: LabPaths) -> None:
+    """Stop the registry (a fault for the tests); `start` brings it back on the same storage."""
+    stop_daemon(paths, DAEMON_KEY, timeout=10)
 
 
 def running(paths: LabPaths) -> bool:
