@@ -10,6 +10,15 @@ every buildx variant of the lab, so the document shows every version the results
 --buildx), one table row per case and version. Every case of tests/e2e/faultmatrix.py must have a row for every
 version shown: a case without one fails the script (tests/unit/test_reliability_doc.py fails the same way when the
 committed document lacks a case).
+
+A case that stopped before its checks (its lab fault or its setup failed) is shown as "not run" with why, never
+as kept. Each row names the commit it ran on and whether the tree was clean; the document says which commit(s) it
+describes.
+
+    python3 scripts/gen_reliability.py --check [--results ...] [--output docs/reliability.md]
+
+regenerates the table in memory and compares its verdicts (case, buildx version, promise kept) with the committed
+document's: it exits 1, naming each difference, when they differ (CI runs it after the suite).
 """
 
 from __future__ import annotations
@@ -75,6 +84,23 @@ def _yes_no(value: object) -> str:
     return {True: "yes", False: "**no**", None: "n/a"}.get(value, str(value))  # type: ignore[call-overload]
 
 
+def _ran(row: Mapping[str, Any]) -> bool:
+    return row.get("status", "ran") != "not run"
+
+
+def verdict(row: Mapping[str, Any]) -> str:
+    """The promise-kept cell: yes, **no**, or **not run** (a case that stopped before its checks)."""
+    if not _ran(row):
+        return "**not run**"
+    return "yes" if row.get("promise_kept") is True else "**no**"
+
+
+def _commit(row: Mapping[str, Any]) -> str:
+    commit = str(row.get("commit") or "unknown")[:10]
+    clean = row.get("tree_clean")
+    return f"{commit} ({'clean' if clean else 'unknown tree' if clean is None else '**changed tree**'})"
+
+
 def _exit(row: Mapping[str, Any]) -> str:
     code = row.get("exit_code")
     return "killed at timeout" if code is None else str(code)
@@ -100,16 +126,30 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(number) for number in re.findall(r"\d+", version.partition("+")[0]))
 
 
+def _column(ran: Sequence[Mapping[str, Any]], key: str) -> str:
+    yes = sum(1 for row in ran if row.get(key) is True)
+    na = sum(1 for row in ran if row.get(key) is None)
+    return f"yes in {yes}, **no** in {len(ran) - yes - na}, n/a in {na}"
+
+
 def _headline(version: str, shown: Sequence[Mapping[str, Any]]) -> str:
-    kept = [row for row in shown if row.get("promise_kept")]
-    hangs = [row for row in shown if row.get("exit_code") is None]
-    builder_ok = sum(1 for row in shown if row.get("builder_intact") is not False)
-    others_ok = sum(1 for row in shown if row.get("other_hosts_intact") is not False)
+    ran = [row for row in shown if _ran(row)]
+    kept = [row for row in ran if row.get("promise_kept") is True]
+    hangs = [row for row in ran if row.get("exit_code") is None and row.get("command")]
     return (
-        f"- buildx {version}: **{len(shown)} cases, promise kept in {len(kept)}, broken in {len(shown) - len(kept)}; "
-        f"{len(hangs)} hung**. Builder (buildx's store and its pins) as promised in {builder_ok} of {len(shown)}; "
-        f"the other hosts intact in {others_ok} of {len(shown)}."
+        f"- buildx {version}: **{len(shown)} cases: promise kept in {len(kept)}, broken in {len(ran) - len(kept)}, "
+        f"not run in {len(shown) - len(ran)}; {len(hangs)} hung**. Of the {len(ran)} run: builder (buildx's store: "
+        f"nodes, pins, endpoints, driver options) as promised {_column(ran, 'builder_intact')}; the other hosts "
+        f"intact {_column(ran, 'other_hosts_intact')}."
     )
+
+
+def _describes(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which commit(s) the document describes, and whether their trees were clean."""
+    commits = sorted({_commit(row) for row in rows})
+    if len(commits) == 1:
+        return f"This document describes commit {commits[0]}."
+    return f"**The rows come from {len(commits)} commits**: {', '.join(commits)}."
 
 
 def render(cases: Sequence[Any], results: Results) -> str:
@@ -145,22 +185,29 @@ def render(cases: Sequence[Any], results: Results) -> str:
         "and the per-host reasons it reports (the human table prints the same reasons). *s* is the command's "
         "time, with the same command's time without a fault in parentheses. *Builder intact*: buildx's store "
         "still has every node with its pins (for `down`: the builder is gone, as asked); n/a where the command "
-        "leaves the store as it found it. *Other hosts*: healthy, built on, or removed as the command promises.",
+        "leaves the store as it found it. *Other hosts intact*: each node the fault did not hit has, after the case, "
+        "the health (`nodefleet status`), pins, endpoint, driver options, config digest (buildx's store and "
+        "nodefleet's record) and BuildKit container it had before (a case that removes the builder on purpose: "
+        "removed as promised); n/a where the case compares nothing. *Promise kept*: **not run** when the case "
+        "stopped before its checks (its lab fault or setup failed), with why in its details; never counted as kept. "
+        "*commit*: the commit the row ran on and whether the tree was clean.",
+        "",
+        _describes(every),
         "",
         f"Results: run {', '.join(runs)}; recorded {dates[0]} to {dates[-1]}; buildx {', '.join(versions)}. "
         "Regenerate with `python3 scripts/gen_reliability.py` after "
         "`.venv/bin/python -m pytest tests/e2e/test_faults.py`.",
         "",
         "| case | buildx | command | fault | exit | s | builder intact | other hosts intact | promise kept "
-        "| what the user saw |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| what the user saw | commit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for case in cases:
         for version, row in shown[case.id]:
             lines.append(
                 f"| `{case.id}` | {_cell(version)} | `{_cell(row.get('command', case.command))}` | {_cell(case.fault)} "
                 f"| {_exit(row)} | {_seconds(row)} | {_yes_no(row.get('builder_intact'))} "
-                f"| {_yes_no(row.get('other_hosts_intact'))} | {_yes_no(row.get('promise_kept'))} | {_saw(row)} |"
+                f"| {_yes_no(row.get('other_hosts_intact'))} | {verdict(row)} | {_saw(row)} | {_commit(row)} |"
             )
     lines += ["", "## Cases in detail", ""]
     for case in cases:
@@ -174,6 +221,10 @@ def render(cases: Sequence[Any], results: Results) -> str:
 
 def _details(row: Mapping[str, Any]) -> list[str]:
     lines = []
+    if not _ran(row):
+        lines.append(f"**not run**: {row.get('not_run') or 'it stopped before its checks'}")
+    for platform, how in (row.get("built") or {}).items():
+        lines.append(f"{platform}: {how}")
     if row.get("builder"):
         lines.append(f"builder: {row['builder']}")
     if row.get("other_hosts"):
@@ -185,6 +236,43 @@ def _details(row: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+_ROW_RE = re.compile(r"^\| `([^`]+)` \| ([^|`]+) \|(.*)\|$")
+
+
+def verdicts(text: str) -> dict[tuple[str, str], str]:
+    """The promise-kept cell of each table row of a document, by (case id, buildx version)."""
+    found = {}
+    for line in text.splitlines():
+        match = _ROW_RE.match(line)
+        if match:
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", match.group(3))]
+            found[match.group(1), match.group(2).strip()] = cells[6] if len(cells) > 6 else "?"
+    return found
+
+
+def check(text: str, document: Path) -> int:
+    """Compare the verdicts (case, buildx version, promise kept) of freshly generated text with a document's."""
+    committed = verdicts(document.read_text()) if document.is_file() else {}
+    fresh = verdicts(text)
+    differences = [
+        f"{case} with buildx {version}: {committed.get((case, version), 'no row')} in {document.name}, "
+        f"{fresh.get((case, version), 'no row')} in this run"
+        for case, version in sorted(set(committed) | set(fresh))
+        if committed.get((case, version)) != fresh.get((case, version))
+    ]
+    for line in differences:
+        print(f"gen_reliability: {line}", file=sys.stderr)
+    if differences:
+        print(
+            f"gen_reliability: {len(differences)} verdicts differ from {document}: fix the product or the case, "
+            "then regenerate the document from a clean run",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{document}: the verdicts of {len(fresh)} rows match this run's")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     matrix = load_matrix()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -192,6 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=matrix.DOC)
     parser.add_argument(
         "--buildx", action="append", metavar="VERSION", help="show only this buildx version (repeatable)"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing: exit 1 when the results' verdicts differ from those of the --output document",
     )
     args = parser.parse_args(argv)
     if not args.results.is_file():
@@ -201,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.buildx:
         results = {version: results.get(version, {}) for version in args.buildx}
     text = render(matrix.CASES, results)
+    if args.check:
+        return check(text, args.output)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(f"wrote {args.output} ({len(matrix.CASES)} cases, buildx {', '.join(sorted(results))})")

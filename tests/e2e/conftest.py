@@ -28,8 +28,16 @@ LABCTL = REPO / "lab" / "labctl.py"
 # Two arm64 hosts, so failover tests have somewhere to go.
 E2E_HOSTS = "amd64,arm64:2,arm/v7"
 UP_TIMEOUT = 3600  # a cold first `up` builds BuildKit from source (lab/buildkit/build.sh)
-# How `lab_fault` undoes each fault (`rekey-restore` puts the host's original key back).
-RESTORE = {"sshd-stop": "sshd-start", "engine-stop": "engine-start", "net-cut": "net-restore", "rekey": "rekey-restore"}
+# How `lab_fault` undoes each fault (`rekey-restore` puts the host's original key back; the registry's faults take
+# the host `registry`).
+RESTORE = {
+    "sshd-stop": "sshd-start",
+    "engine-stop": "engine-start",
+    "net-cut": "net-restore",
+    "rekey": "rekey-restore",
+    "reinstall-armv7": "reinstall-restore",
+    "registry-stop": "registry-start",
+}
 
 
 def labctl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -42,6 +50,15 @@ def labctl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
         check=False,
         stdin=subprocess.DEVNULL,
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Each phase's report on the test item (`item.rep_call`...), so a fixture's teardown knows how the test ended
+    (the fault matrix records a case that stopped before its checks as not run, with why)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
 
 
 @pytest.fixture(scope="session")

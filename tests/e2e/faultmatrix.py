@@ -148,5 +148,148 @@ CASES: tuple[Case, ...] = (
     ),
 )
 
+# Issue 13: crashes and overlapping builders (section 2), buildx's OpenSSH path (section 1), and faults the matrix
+# lacked (section 3). Each promise is stated here before its test checks it.
+_TRUST = "nodefleet's own SSH (asyncssh) works and "
+CASES += (
+    Case(
+        "up/sigkill-then-up",
+        "up",
+        "nodefleet SIGKILLed while buildx creates the nodes (buildx left running in its own session, no restore ran), "
+        "then `up` again",
+        "the next up exits 0 with pins intact and leaves exactly one BuildKit container per host",
+    ),
+    Case(
+        "up/record-corrupted",
+        "up",
+        "nodefleet's record of the builder (state dir builders/<builder>/record.json) overwritten with garbage",
+        "exit 0, no change: every node keeps its BuildKit container (same container ids), pins intact",
+    ),
+    Case(
+        "up/record-deleted",
+        "up",
+        "nodefleet's record of the builder (state dir builders/<builder>/record.json) deleted",
+        "exit 0, no change: every node keeps its BuildKit container (same container ids), pins intact",
+    ),
+    Case(
+        "up/new-host-while-one-cut",
+        "up",
+        "armv7-1 added to the inventory while arm64-1's network is cut",
+        "exit 1: the builder is not changed (it says why: arm64-1 unreachable), armv7-1 is not added, arm64-1 failed, "
+        "the others healthy with pins unchanged; once arm64-1 is back, up adds armv7-1",
+    ),
+    Case(
+        "up/changed-option-while-one-cut",
+        "up",
+        "a driver option of amd64-1 changed in the inventory while arm64-1's network is cut",
+        "exit 1: the builder is not changed (it says why), amd64-1's container is not recreated, pins unchanged; once "
+        "arm64-1 is back, up applies the option",
+    ),
+    Case(
+        "down/shared-builder",
+        "down",
+        "a second builder over the same three hosts (another project), then `down` of the first",
+        "exit 0; the BuildKit containers and volumes the other builder lists are kept and named; the other builder's "
+        "next status is healthy",
+    ),
+    Case(
+        "down/shared-builder-force",
+        "down",
+        "a second builder over the same three hosts, then `down --force` of the first",
+        "exit 0; the containers and volumes are removed although the other builder lists them (it says so)",
+    ),
+    Case(
+        "up/openssh-no-check",
+        "up",
+        "`StrictHostKeyChecking no` and `UserKnownHostsFile /dev/null` for arm64-1 in root's ~/.ssh/config",
+        "exit 1: arm64-1 refused in one line naming the setting, the others healthy; arm64-1 leaves the builder "
+        "(linux/arm64's pin goes to arm64-2 meanwhile) and the next up without the setting puts it back",
+    ),
+    Case(
+        "build/openssh-no-check-rekeyed",
+        "build",
+        "`StrictHostKeyChecking no` and `UserKnownHostsFile /dev/null` for arm64-1 in root's ~/.ssh/config, then "
+        "arm64-1's host key replaced",
+        "nothing logs in to arm64-1: `up` refuses it and takes it out of the builder, nodefleet's build and a plain "
+        "`docker buildx build --builder` on the builder build linux/arm64 on arm64-2; the other hosts keep working",
+    ),
+    Case(
+        "up/openssh-path-fails",
+        "up",
+        _TRUST + "buildx's OpenSSH fails for arm64-1 (root's ~/.ssh/config points its UserKnownHostsFile at an empty "
+        "file)",
+        "exit 1: arm64-1 failed naming buildx's ssh path and the fix, the others healthy; builder pins unchanged",
+    ),
+    Case(
+        "status/two-hosts-down",
+        "status",
+        "amd64-1's and arm64-1's networks cut at once",
+        "exit 1: both failed with their reasons, arm64-2 healthy; builder unchanged",
+    ),
+    Case(
+        "build/two-hosts-down",
+        "build",
+        "amd64-1's and arm64-1's networks cut at once (amd64-1 is the only amd64 host)",
+        "exit 1 within seconds, nothing built: linux/amd64 refused naming amd64-1 (a build fails closed when a "
+        "platform has no healthy native node), both hosts reported with their reasons",
+    ),
+    Case(
+        "build/only-node-dies",
+        "build",
+        "the BuildKit container of amd64-1, the only amd64 node, killed (docker kill) during a RUN step",
+        "exit 1 within seconds, not a hang: linux/amd64 failed as an infrastructure failure on amd64-1, no other "
+        "node to retry on",
+    ),
+    Case(
+        "build/disk-full",
+        "build",
+        "the building arm64 node's disk full during a RUN step that writes (its BuildKit state on a 256 MB tmpfs "
+        "volume, filled from the host)",
+        "reported as that node's fault (infrastructure, its error says the disk is full), linux/arm64 retried once "
+        "on the other arm64 node and built natively; exit 0",
+    ),
+    Case(
+        "build/oom-killed",
+        "build",
+        "the building arm64 node's buildkitd SIGKILLed during a RUN step, as the OOM killer does (simulated: "
+        "kill -9 of the buildkitd process from the host; no real OOM is produced)",
+        "exit 137 is infrastructure, not a Dockerfile error: retried once on the other arm64 node, built natively; "
+        "exit 0",
+    ),
+    Case(
+        "build/registry-unreachable-mid-push",
+        "build",
+        "the registry stopped while linux/arm64 builds, after linux/amd64 was pushed",
+        "exit 1: linux/arm64 failed with the registry's error (not retried: not the node's fault), the report keeps "
+        "linux/amd64's pushed digest, no index is made",
+    ),
+    Case(
+        "build/registry-5xx-push",
+        "build",
+        "the registry answers 500 to every upload (its upload folder for the repository made immutable)",
+        "exit 1: the platform failed with the registry's 500, not retried on another node; builder unchanged",
+    ),
+    Case(
+        "build/registry-5xx-index",
+        "build",
+        "the registry answers 500 when the final index is tagged (the repository's tags folder made immutable)",
+        "exit 1: the report keeps every platform's pushed digest; `imagetools create` from them makes the index "
+        "once the registry is fixed",
+    ),
+    Case(
+        "build/registry-unreachable-index",
+        "build",
+        "one of the index's names on a registry port nothing listens on (10.231.0.1:5999)",
+        "exit 1: the report keeps every platform's pushed digest; `imagetools create` from them makes the index",
+    ),
+    Case(
+        "up/host-reinstalled-other-arch",
+        "up",
+        "arm64-2 reinstalled as an arm/v7 machine at the same address (new host key, armv7l sessions, no BuildKit)",
+        "the new key is refused (arm64-2 failed); after the user accepts it, up detects linux/arm/v7 and a "
+        "linux/arm64 build never goes to arm64-2",
+    ),
+)
+
 CASE_IDS = tuple(case.id for case in CASES)
 assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"

@@ -58,6 +58,10 @@ def test_the_committed_document_has_a_row_for_every_case_of_the_matrix() -> None
         case = MATRIX.CASES[MATRIX.CASE_IDS.index(case_id)]
         assert fault == GEN._cell(case.fault), f"{case_id}: the fault changed since the document was generated"
         assert exit_code, (case_id, version)
+        assert cells[6] != "**not run**", f"{case_id} with buildx {version} did not run: rerun the fault matrix"
+    assert re.search(r"^This document describes commit [0-9a-f]{10} \(clean\)\.$", text, re.M), (
+        "docs/reliability.md must come from one run of one commit on a clean tree"
+    )
 
 
 def test_the_script_renders_every_case_per_buildx_version_and_refuses_missing_results(tmp_path: Path) -> None:
@@ -81,8 +85,8 @@ def test_the_script_renders_every_case_per_buildx_version_and_refuses_missing_re
     assert "killed at timeout" in table[first, "0.13.1"][2]  # the newest row of a case and version wins
     assert table[first, "0.29.1"][2] == "1"  # and only of its own version
     cases = len(MATRIX.CASES)
-    assert f"buildx 0.13.1: **{cases} cases, promise kept in {cases - 1}, broken in 1; 1 hung**" in text
-    assert f"buildx 0.29.1: **{cases} cases, promise kept in {cases}, broken in 0; 0 hung**" in text
+    assert f"buildx 0.13.1: **{cases} cases: promise kept in {cases - 1}, broken in 1, not run in 0; 1 hung**" in text
+    assert f"buildx 0.29.1: **{cases} cases: promise kept in {cases}, broken in 0, not run in 0; 0 hung**" in text
     assert "- buildx 0.29.1:\n  - note: on 0.29.1" in text  # the details name the version too
     assert "a \\| pipe" in text
     assert GEN.main(["--results", str(results), "--output", str(output), "--buildx", "0.29.1"]) == 0
@@ -92,3 +96,69 @@ def test_the_script_renders_every_case_per_buildx_version_and_refuses_missing_re
     results.write_text("".join(json.dumps(row) + "\n" for row in rows[1:-1]))  # 0.13.1 lacks the first case
     with pytest.raises(SystemExit, match=f"no results for {first} with buildx 0.13.1"):
         GEN.main(["--results", str(results), "--output", str(output)])
+
+
+def _rows(version: str, **fields: object) -> list[dict[str, object]]:
+    return [
+        {"case": case.id, "command": f"nodefleet {case.command}", "exit_code": 0, "seconds": 1.0,
+         "builder_intact": True, "other_hosts_intact": True, "promise_kept": True, "status": "ran", "saw": [],
+         "run": "r1", "recorded_at": "2026-01-01T00:00:00Z", "buildx": version, "commit": "0123456789abcdef",
+         "tree_clean": True, **fields}
+        for case in MATRIX.CASES
+    ]  # fmt: skip
+
+
+def test_a_case_that_did_not_run_is_never_kept_and_n_a_is_counted_apart(tmp_path: Path) -> None:
+    rows = _rows("0.13.1")
+    first, second = MATRIX.CASES[0].id, MATRIX.CASES[1].id
+    rows[0].update(status="not run", not_run="`labctl.py fault arm64-1 net-cut` failed", promise_kept=None)
+    rows[1].update(builder_intact=None, other_hosts_intact=False, promise_kept=False)
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "reliability.md"
+    assert GEN.main(["--results", str(results), "--output", str(output)]) == 0
+    text = output.read_text()
+    table = _table_rows(text)
+    assert table[first, "0.13.1"][6] == "**not run**"
+    assert table[second, "0.13.1"][6] == "**no**"
+    cases = len(MATRIX.CASES)
+    assert f"**{cases} cases: promise kept in {cases - 2}, broken in 1, not run in 1; 0 hung**" in text
+    assert f"as promised yes in {cases - 2}, **no** in 0, n/a in 1; the other hosts intact yes in {cases - 2}" in text
+    assert "**not run**: `labctl.py fault arm64-1 net-cut` failed" in text
+    assert "This document describes commit 0123456789 (clean)." in text
+    assert table[first, "0.13.1"][-1] == "0123456789 (clean)"
+
+
+def test_the_document_names_every_commit_its_rows_come_from(tmp_path: Path) -> None:
+    rows = _rows("0.13.1")
+    rows[0].update(commit="fedcba9876543210", tree_clean=False)
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "reliability.md"
+    assert GEN.main(["--results", str(results), "--output", str(output)]) == 0
+    assert "**The rows come from 2 commits**: 0123456789 (clean), fedcba9876 (**changed tree**)." in output.read_text()
+
+
+def test_check_fails_when_a_verdict_differs_from_the_committed_document(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results.jsonl"
+    document = tmp_path / "reliability.md"
+    rows = _rows("0.13.1") + _rows("0.29.1")
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert GEN.main(["--results", str(results), "--output", str(document)]) == 0
+    written = document.read_text()
+    assert GEN.main(["--results", str(results), "--output", str(document), "--check"]) == 0
+    assert document.read_text() == written  # --check writes nothing
+    first = MATRIX.CASES[0].id
+    for change in ({"promise_kept": False}, {"status": "not run", "promise_kept": None}):
+        later = {**rows[0], **change, "recorded_at": "2026-01-02T00:00:00Z"}
+        results.write_text("".join(json.dumps(row) + "\n" for row in [*rows, later]))
+        assert GEN.main(["--results", str(results), "--output", str(document), "--check"]) == 1
+        assert f"{first} with buildx 0.13.1: yes in reliability.md" in capsys.readouterr().err
+    # Another buildx version than the document's is a difference too.
+    results.write_text("".join(json.dumps(row) + "\n" for row in _rows("0.13.1") + _rows("0.30.0")))
+    assert GEN.main(["--results", str(results), "--output", str(document), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"{first} with buildx 0.29.1: yes in reliability.md, no row in this run" in err
+    assert f"{first} with buildx 0.30.0: no row in reliability.md, yes in this run" in err
