@@ -103,6 +103,8 @@ def _commit(row: Mapping[str, Any]) -> str:
 
 def _exit(row: Mapping[str, Any]) -> str:
     code = row.get("exit_code")
+    if code is None and (not _ran(row) or row.get("seconds") is None):
+        return "-"  # the command never ran (the case stopped before it)
     return "killed at timeout" if code is None else str(code)
 
 
@@ -135,7 +137,7 @@ def _column(ran: Sequence[Mapping[str, Any]], key: str) -> str:
 def _headline(version: str, shown: Sequence[Mapping[str, Any]]) -> str:
     ran = [row for row in shown if _ran(row)]
     kept = [row for row in ran if row.get("promise_kept") is True]
-    hangs = [row for row in ran if row.get("exit_code") is None and row.get("command")]
+    hangs = [row for row in ran if row.get("exit_code") is None and row.get("seconds") is not None]
     return (
         f"- buildx {version}: **{len(shown)} cases: promise kept in {len(kept)}, broken in {len(ran) - len(kept)}, "
         f"not run in {len(shown) - len(ran)}; {len(hangs)} hung**. Of the {len(ran)} run: builder (buildx's store: "

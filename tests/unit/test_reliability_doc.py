@@ -111,7 +111,10 @@ def _rows(version: str, **fields: object) -> list[dict[str, object]]:
 def test_a_case_that_did_not_run_is_never_kept_and_n_a_is_counted_apart(tmp_path: Path) -> None:
     rows = _rows("0.13.1")
     first, second = MATRIX.CASES[0].id, MATRIX.CASES[1].id
-    rows[0].update(status="not run", not_run="`labctl.py fault arm64-1 net-cut` failed", promise_kept=None)
+    rows[0].update(
+        status="not run", not_run="`labctl.py fault arm64-1 net-cut` failed", promise_kept=None, exit_code=None,
+        seconds=None,
+    )  # fmt: skip
     rows[1].update(builder_intact=None, other_hosts_intact=False, promise_kept=False)
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -120,6 +123,7 @@ def test_a_case_that_did_not_run_is_never_kept_and_n_a_is_counted_apart(tmp_path
     text = output.read_text()
     table = _table_rows(text)
     assert table[first, "0.13.1"][6] == "**not run**"
+    assert table[first, "0.13.1"][2] == "-"  # no command ran: not a hang
     assert table[second, "0.13.1"][6] == "**no**"
     cases = len(MATRIX.CASES)
     assert f"**{cases} cases: promise kept in {cases - 2}, broken in 1, not run in 1; 0 hung**" in text
