@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nodefleet.build.cmdline import TRUE_VALUES, BuildRequest, Output, format_output
 
+
 def repository(reference: str) -> str:
     """`reg:5000/app:1.0` or `reg/app@sha256:...` -> `reg:5000/app`."""
     name = reference.split("@", 1)[0]

@@ -13,7 +13,6 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from nodefleet.errors import UsageError
 from nodefleet.platforms import known_platform

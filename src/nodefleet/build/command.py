@@ -22,8 +22,8 @@ from nodefleet.build.options import BuildOptions
 from nodefleet.build.report import BuildReport, PlatformResult
 from nodefleet.build.routing import Choice, Health, Selection, hosts_to_check, initial_views, native_order, select_nodes
 from nodefleet.build.schedule import Job, run_jobs
-from nodefleet.client import check_client, require_programs
 from nodefleet.buildx.store import CorruptStoreError, read_store
+from nodefleet.client import check_client, require_programs
 from nodefleet.errors import UsageError
 from nodefleet.inventory import Inventory
 from nodefleet.state import BuilderState, default_state_dir

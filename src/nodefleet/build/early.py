@@ -102,8 +102,6 @@ async def open_doors(ctx: Context, checks: Checks, selection: Selection, early: 
             gateway.refuse()
 
 
-
-
 async def drop_all(early: dict[str, Early]) -> None:
     """Stop every buildx started early that was not used."""
     started = list(early.values())

@@ -145,7 +145,12 @@ async def _run_on_node(
             run = await early.task
         else:
             argv = platform_argv(
-                ctx.request, platform, builder, platforms=plan.count, metadata_file=str(metadata), progress=plan.progress
+                ctx.request,
+                platform,
+                builder,
+                platforms=plan.count,
+                metadata_file=str(metadata),
+                progress=plan.progress,
             )
             run = await run_streaming(
                 argv,
@@ -214,5 +219,3 @@ async def _watch(ctx: Context, checks: Checks, node: str) -> str:
     session.keep_alive(interval, WATCH_MISSES)
     await session.wait_lost()
     return f"{node} stopped answering: no SSH answer for {interval * WATCH_MISSES:g} s (keepalives); build stopped"
-
-

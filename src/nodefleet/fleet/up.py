@@ -24,6 +24,7 @@ from nodefleet.fleet.work import (
     connect,
     disabled_results,
     judge_health,
+    judge_refused_key,
     probe_host,
     start_local,
     start_openssh,
@@ -111,6 +112,8 @@ async def _prepare_host(
     openssh = openssh or start_openssh(work, inventory)
     try:
         await connect(work, options.host_key_policy, options.progress, attempts=3, budget=None)
+        if work.key_refused:
+            await judge_refused_key(work, openssh)
         await probe_host(work, inventory, cache, image=work.host.buildkit_image)
         await take_openssh(work, openssh)
     finally:

@@ -91,7 +91,10 @@ class HostWork:
     health: NodeHealth | None = None
     image_present: bool | None = None
     openssh_ok: bool = False
-    # The host's identity is in doubt: its key is not the known one, or OpenSSH (buildx's way in) would not check it.
+    # nodefleet refused the key the host showed (it is not the known one).
+    key_refused: bool = False
+    # The host's identity is in doubt where buildx goes: OpenSSH (buildx's way in) would not check its key, or took
+    # a key nodefleet refused.
     untrusted: bool = False
 
     @classmethod
@@ -156,7 +159,7 @@ async def connect(
         try:
             work.session = await open_session(work.target, policy=policy, attempts=attempts, budget=budget)
         except HostKeyError:
-            work.untrusted = True
+            work.key_refused = True
             raise
 
     await work.step("ssh", go)
@@ -242,6 +245,16 @@ async def start_local(
     started = {work.name: start_openssh(work, inventory) for work in works[: min(limit, _OPENSSH_FIRST)]}
     await stack
     return client, started
+
+
+async def judge_refused_key(work: HostWork, check: asyncio.Future[OpenSSHCheck]) -> None:
+    """nodefleet refused the host's key: the host is untrusted where buildx goes when OpenSSH would not check the key
+    either, or reached the host all the same (it took the key nodefleet refused)."""
+    try:
+        result = await check
+    except (NodefleetError, OSError):
+        return
+    work.untrusted = result.untrusted is not None or result.problem is None
 
 
 async def take_openssh(work: HostWork, check: asyncio.Future[OpenSSHCheck]) -> None:
