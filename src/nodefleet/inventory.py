@@ -176,7 +176,7 @@ def _parse_defaults(problems: values.Problems, table: Mapping[str, Any], base: P
         user=values.user(problems, "defaults.user", table.get("user")),
         port=values.port(problems, "defaults.port", table.get("port")),
         identity_file=values.path(problems, "defaults.identity_file", table.get("identity_file"), base),
-        known_hosts=values.path(problems, "defaults.known_hosts", table.get("known_hosts"), base),
+        known_hosts=_known_hosts(problems, table.get("known_hosts"), base),
         connect_timeout=values.positive(
             problems, "defaults.connect_timeout", table.get("connect_timeout"), fallback.connect_timeout
         ),
@@ -277,6 +277,15 @@ def _parse_host(problems: values.Problems, key: str, raw: Any, defaults: Default
         speed=float(speed),
         max_jobs=max_jobs,
     )
+
+
+def _known_hosts(problems: values.Problems, value: Any, base: Path) -> Path | None:
+    """The known_hosts file: also handed to OpenSSH as an ssh_config value, which cannot hold a double quote."""
+    path = values.path(problems, "defaults.known_hosts", value, base)
+    if path is not None and '"' in str(path):
+        problems.add("defaults.known_hosts", f"{str(path)!r}: OpenSSH cannot be given a path with a double quote")
+        return None
+    return path
 
 
 def _check_unique(problems: values.Problems, hosts: list[Host]) -> None:

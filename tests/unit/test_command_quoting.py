@@ -87,7 +87,7 @@ DEFAULTS = _optional(
     user=USERS,
     port=PORTS,
     identity_file=PATH_TEXT,
-    known_hosts=PATH_TEXT,
+    known_hosts=PATH_TEXT.filter(lambda text: '"' not in text),  # refused: OpenSSH cannot take it (test_inventory)
     connect_timeout=st.floats(min_value=0.1, max_value=60),
     buildkit_image=IMAGES,
     buildkit_image_archive=PATH_TEXT,
@@ -251,7 +251,8 @@ def check_openssh(inventory: Inventory) -> None:
         assert options.get("StrictHostKeyChecking", "yes") == "yes", argv
         if "UserKnownHostsFile" in options:  # the inventory's known_hosts, as one ssh_config value
             assert target.known_hosts is not None, argv
-            assert options["UserKnownHostsFile"] in {str(target.known_hosts), f'"{target.known_hosts}"'}, argv
+            literal = str(target.known_hosts).replace("%", "%%")  # `%` starts an ssh_config token
+            assert options["UserKnownHostsFile"] in {literal, f'"{literal}"'}, argv
 
 
 def check_buildx(inventory: Inventory, config: Path | None) -> None:

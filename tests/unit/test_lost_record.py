@@ -8,7 +8,7 @@ from pathlib import Path
 from nodefleet.buildx.argv import create_argv
 from nodefleet.buildx.nodes import DIGEST_OPT, NodeSpec
 from nodefleet.buildx.store import StoredNode
-from nodefleet.fleet.plan import Action, diff_node
+from nodefleet.fleet.plan import Action, NodeChange, diff_node, kept_digests
 from nodefleet.state import BuilderState
 
 IMAGE = "moby/buildkit:v0.13.2"
@@ -44,3 +44,14 @@ def test_a_damaged_record_reads_as_missing(tmp_path: Path) -> None:
     assert state.load_digests() is None
     state.record_file.unlink()
     assert state.load_digests() is None
+
+
+def test_a_lost_or_incomplete_record_is_made_whole_from_the_nodes_kept() -> None:
+    other = NodeSpec("b", "ssh://10.0.0.2", ("linux/arm64",), IMAGE, {}, Path("/c.toml"), "d2")
+    specs = {"a": SPEC, "b": other}
+    keep = NodeChange("a", Action.KEEP, (), recreate=False)
+    update = NodeChange("b", Action.UPDATE, ("image changed",), recreate=True)
+    assert kept_digests(None, [keep, update], specs) == {"a": "d1"}  # b is recorded once its update is applied
+    # An `up` killed before it wrote the record: the node it made is kept, and recorded now.
+    assert kept_digests({"b": "d0"}, [keep, update], specs) == {"a": "d1", "b": "d0"}
+    assert kept_digests({"a": "d1"}, [keep], specs) == {"a": "d1"}

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from nodefleet.errors import UsageError
-from nodefleet.host.openssh import openssh_argv, openssh_config_argv, parse_openssh_config, strictness_problem
+from nodefleet.host.openssh import (
+    openssh_argv,
+    openssh_config_argv,
+    parse_openssh_config,
+    strictness_problem,
+    takes_unknown_keys,
+)
 from nodefleet.target import SSHTarget
 
 TARGET = SSHTarget("a", "10.0.0.1", user="builder", port=2222)
@@ -28,7 +34,7 @@ globalknownhostsfile /etc/ssh/ssh_known_hosts
         ("true", "/root/.ssh/known_hosts", None),
         ("accept-new", "/root/.ssh/known_hosts", None),  # safe only with the verified key there: checked with the key
         ("ask", "/root/.ssh/known_hosts", None),
-        ("false", "/root/.ssh/known_hosts", "StrictHostKeyChecking false for 10.0.0.1 in ~/.ssh/config"),
+        ("false", "/root/.ssh/known_hosts", "StrictHostKeyChecking no for 10.0.0.1 in ~/.ssh/config"),
         ("true", "/dev/null", None),  # the global file is still read
     ],
 )
@@ -67,7 +73,7 @@ def test_real_ssh_G_reports_a_config_that_turns_checking_off(tmp_path: Path) -> 
     done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10)
     config = parse_openssh_config(done.stdout)
     assert config.strict == "false"
-    assert "StrictHostKeyChecking false" in (strictness_problem(config, TARGET) or "")
+    assert "StrictHostKeyChecking no " in (strictness_problem(config, TARGET) or "")  # as written, not ssh -G's word
 
 
 def test_a_known_hosts_path_reaches_openssh_as_one_literal_value() -> None:
@@ -75,3 +81,22 @@ def test_a_known_hosts_path_reaches_openssh_as_one_literal_value() -> None:
     assert "UserKnownHostsFile=/lab/100%%/known_hosts" in argv
     with pytest.raises(UsageError, match="double quote"):
         openssh_argv(SSHTarget("a", "10.0.0.1", known_hosts=Path('/lab/"x"/known_hosts')), "true")
+
+
+@pytest.mark.parametrize(("strict", "takes"), [("true", False), ("ask", False), ("accept-new", True), ("false", True)])
+def test_only_an_openssh_that_takes_an_unknown_key_reaches_a_host_missing_from_its_files(
+    strict: str, takes: bool
+) -> None:
+    # A host whose verified key is not in OpenSSH's known_hosts: with accept-new buildx would reach whatever answers
+    # (the host leaves the builder); a strict OpenSSH refuses it, and the builder stays as it is.
+    config = parse_openssh_config(G.format(strict=strict, files="/root/.ssh/known_hosts"))
+    assert takes_unknown_keys(config) is takes
+
+
+def test_the_inventory_refuses_a_known_hosts_path_openssh_cannot_take() -> None:
+    from nodefleet.errors import InventoryError
+    from nodefleet.inventory import parse_inventory
+
+    document = {"defaults": {"known_hosts": '/lab/"x"'}, "hosts": [{"name": "a", "address": "10.0.0.1"}]}
+    with pytest.raises(InventoryError, match=r"defaults\.known_hosts: .*OpenSSH cannot be given a path with a double"):
+        parse_inventory(document, Path("/lab/inventory.toml"))

@@ -42,7 +42,11 @@ def test_down_keeps_a_container_another_builder_lists(
     state = BuilderState(tmp_path / "state", "one")
     left = keep_shared(inventory, FleetOptions(force=force), state, jobs, notes)
     if force:
-        assert [target.name for target, _ in left] == ["a", "b"] and not notes
+        assert [target.name for target, _ in left] == ["a", "b"]
+        assert notes == [
+            "a: BuildKit container buildx_buildkit_a and its cache removed (--force) although builder two also lists "
+            "node a on 10.0.0.1"
+        ]
         return
     assert [target.name for target, _ in left] == ["b"]
     assert jobs[0][1].action == "keep"

@@ -172,3 +172,16 @@ def edits(changes: Sequence[NodeChange]) -> list[NodeChange]:
     """The changes that create, add or update a node: each is one `create` (with `--append` once the builder
     exists, see create_argv)."""
     return [change for change in changes if change.action in {Action.CREATE, Action.ADD, Action.UPDATE}]
+
+
+def kept_digests(
+    recorded: Mapping[str, str] | None, changes: Sequence[NodeChange], specs: Mapping[str, NodeSpec]
+) -> dict[str, str]:
+    """The record with every node this run keeps as it is: a kept node has the spec's config in place (its record
+    or its digest in buildx's store said so), so a lost, damaged or incomplete record (an `up` killed before it
+    wrote it) is whole again without touching any node."""
+    digests = dict(recorded or {})
+    for change in changes:
+        if change.action is Action.KEEP and change.node in specs:
+            digests[change.node] = specs[change.node].config_digest
+    return digests

@@ -61,15 +61,21 @@ def keep_shared(
     notes: list[str],
 ) -> list[tuple[SSHTarget, HostResult]]:
     """The jobs whose node's container no other builder on this machine lists. A container (and its cache volume)
-    that another builder lists is kept, with a note saying which builder and how to remove it anyway (--force)."""
-    if options.force:
-        return list(jobs)
+    that another builder lists is kept, with a note saying which builder and how to remove it anyway (--force);
+    with --force it goes, and the note says which builder still lists it."""
     own = {inventory.builder, *recorded_helpers(state, HELPERS)}
     kept = []
     for target, result in jobs:
         others = builders_sharing(target.name, target.address, own)
         if not others:
             kept.append((target, result))
+            continue
+        if options.force:
+            kept.append((target, result))
+            notes.append(
+                f"{target.name}: BuildKit container {container_name(target.name)} and its cache removed (--force) "
+                f"although builder {', '.join(others)} also lists node {target.name} on {target.address}"
+            )
             continue
         result.action = "keep"
         notes.append(

@@ -13,7 +13,7 @@ from nodefleet.buildx.nodes import DRIVER, NodeSpec
 from nodefleet.buildx.store import StoredBuilder
 from nodefleet.errors import CommandError, NodefleetError, UsageError
 from nodefleet.fanout import each
-from nodefleet.fleet.plan import Action, Member, NodeChange, edits, plan_up, removal_argv
+from nodefleet.fleet.plan import Action, Member, NodeChange, edits, kept_digests, plan_up, removal_argv
 from nodefleet.fleet.remove import remove_hosts
 from nodefleet.fleet.work import (
     FleetOptions,
@@ -37,6 +37,7 @@ from nodefleet.host.ops import ensure_image, remove_node_container
 from nodefleet.inventory import Inventory
 from nodefleet.runner import run_local
 from nodefleet.state import BuilderState, default_state_dir
+from nodefleet.target import HostKeyPolicy
 
 
 async def up(inventory: Inventory, options: FleetOptions | None = None) -> FleetReport:
@@ -112,6 +113,11 @@ async def _prepare_host(
     openssh = openssh or start_openssh(work, inventory)
     try:
         await connect(work, options.host_key_policy, options.progress, attempts=3, budget=None)
+        if options.host_key_policy is HostKeyPolicy.ACCEPT_NEW and work.session is not None:
+            # The key recorded just now must be in the file OpenSSH reads before buildx's path is judged: a check
+            # started before it would find no key and fail the host until the next `up`.
+            await stop(openssh)
+            openssh = start_openssh(work, inventory)
         if work.key_refused:
             await judge_refused_key(work, openssh)
         await probe_host(work, inventory, cache, image=work.host.buildkit_image)
@@ -185,6 +191,10 @@ async def _apply(
         if change.node in by_name:
             by_name[change.node].result.action = change.action.value
             by_name[change.node].result.changes = change.reasons
+    recorded = state.load_digests()
+    whole = kept_digests(recorded, changes, specs)
+    if whole != recorded:
+        state.save_digests(whole)
     removals = removal_argv(builder, changes, stored)
     wanted = edits(changes)
     if not removals and not wanted:

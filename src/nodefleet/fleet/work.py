@@ -16,7 +16,7 @@ from nodefleet.fanout import guarded
 from nodefleet.host.cache import ProbeCache
 from nodefleet.host.facts import Facts, HostFacts, NodeHealth
 from nodefleet.host.health import health_problem
-from nodefleet.host.openssh import OpenSSHCheck, check_openssh
+from nodefleet.host.openssh import OpenSSHCheck, check_openssh, takes_unknown_keys
 from nodefleet.host.probe import probe
 from nodefleet.inventory import Host, Inventory
 from nodefleet.results import HostResult, HostStatus, Progress, envelope, quiet
@@ -272,10 +272,13 @@ async def take_openssh(work: HostWork, check: asyncio.Future[OpenSSHCheck]) -> N
         config, session = result.config, work.need_session()
         if config is not None and not session.key_known_in(config.known_hosts, config.host, config.port):
             files = " ".join(config.known_hosts)
-            work.untrusted = True
+            # Only an OpenSSH that would take the unknown key reaches the host: then it leaves the builder. A strict
+            # one refuses the host, so buildx reaches nothing there and the builder stays as it is.
+            work.untrusted = takes_unknown_keys(config)
+            outcome = "would take any key there" if work.untrusted else "refuses the host"
             raise NodefleetError(
                 f"the host key nodefleet verified for {work.target.address} is not in the known_hosts files OpenSSH "
-                f"reads for it ({files}; StrictHostKeyChecking {config.strict}), so buildx would not check it: add "
+                f"reads for it ({files}; StrictHostKeyChecking {config.strict}), so buildx's OpenSSH {outcome}: add "
                 "that key there, or point UserKnownHostsFile in ~/.ssh/config at nodefleet's known_hosts"
             )
         work.openssh_ok = True

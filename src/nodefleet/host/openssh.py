@@ -83,13 +83,21 @@ def strictness_problem(config: OpenSSHConfig, target: SSHTarget) -> str | None:
     """Why OpenSSH, with the user's settings, would not verify this host's key; None when it would."""
     where = f"for {target.address} in ~/.ssh/config (buildx and plain `docker buildx build` connect that way)"
     if config.strict in {"no", "false", "off"}:
-        return f"OpenSSH would not check the host key: StrictHostKeyChecking {config.strict} {where}; set it to yes"
+        # `ssh -G` prints `false` for the `no` the user wrote: name the setting as it is written.
+        return f"OpenSSH would not check the host key: StrictHostKeyChecking no {where}; set it to yes"
     if not [path for path in config.known_hosts if path not in {"/dev/null", "none"}]:
         return (
             f"OpenSSH would trust no known_hosts file: UserKnownHostsFile {' '.join(config.known_hosts) or 'none'} "
             f"{where}; name a real known_hosts file"
         )
     return None
+
+
+def takes_unknown_keys(config: OpenSSHConfig) -> bool:
+    """Whether OpenSSH, with these settings, would connect to a host whose key is in none of its known_hosts files
+    (`accept-new` records whatever key answers). `yes`, and `ask` without a terminal (buildx's ssh runs without
+    one), refuse such a host: buildx then reaches nothing there."""
+    return config.strict not in {"yes", "true", "ask"}
 
 
 @dataclass(frozen=True)
