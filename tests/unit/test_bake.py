@@ -103,9 +103,11 @@ def test_a_jobs_argv_pushes_each_target_by_digest_and_splits_local_folders() -> 
     assert sets == [
         "*.platform=linux/arm64",
         "app.output=type=image,name=reg:5000/app,push-by-digest=true,name-canonical=true,push=true",
+        "app.tags=",
         "app.cache-from=type=registry,ref=reg:5000/cache:app-linux-arm64",
         "app.cache-to=type=registry,ref=reg:5000/cache:app-linux-arm64,mode=max",
         "api.output=type=image,name=reg:5000/api,push-by-digest=true,name-canonical=true,push=true",
+        "api.tags=",
         "api.cache-from=type=registry,ref=reg:5000/cache:api-linux-arm64",
         "api.cache-to=type=registry,ref=reg:5000/cache:api-linux-arm64,mode=max",
     ]

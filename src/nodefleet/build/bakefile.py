@@ -201,6 +201,8 @@ def job_argv(
         for output in outputs:
             split = platform_output(output, names, job.platform, platforms_of[name])
             argv += ["--set", f"{name}.output={format_output(split)}"]
+            if output.push:  # pushed by digest: the tags go on the index, and buildx would push them here
+                argv += ["--set", f"{name}.tags="]
         if cache_ref:
             ref = cache_args(f"{cache_ref}", f"{name}-{platform_slug(job.platform)}")
             argv += ["--set", f"{name}.cache-from={ref[1]}", "--set", f"{name}.cache-to={ref[3]}"]
