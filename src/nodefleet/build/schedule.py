@@ -109,6 +109,7 @@ async def _run_job(ctx: Context, plan: _Plan, job: Job) -> None:
             other.node, other.status, other.seconds = result.node, result.status, result.seconds
             other.error, other.error_kind, other.attempts = result.error, result.error_kind, result.attempts
             other.steps, other.cached_steps = result.steps, result.cached_steps
+            other.metadata = result.metadata  # a bake's metadata file holds every target's, by name
 
 
 async def _attempts(ctx: Context, plan: _Plan, job: Job, node: str) -> None:
