@@ -41,6 +41,10 @@ class Host:
     enabled: bool
     buildkit_image: str
     driver_opts: Mapping[str, str]
+    # Capacity, for spreading a bake's jobs over the nodes of a platform: a relative speed, and how many jobs the
+    # node runs at once (None: from its CPU count).
+    speed: float = 1.0
+    max_jobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ _HOST_KEYS = {
     "enabled",
     "buildkit_image",
     "driver_opts",
+    "speed",
+    "max_jobs",
 }
 _REGISTRY_KEYS = {"ca_file", "mirrors", "insecure"}
 _TOP_KEYS = {"builder", "defaults", "hosts", "registries"}
@@ -251,6 +257,10 @@ def _parse_host(problems: values.Problems, key: str, raw: Any, defaults: Default
     image = values.image(problems, f"{label}.buildkit_image", raw.get("buildkit_image"))
     opts = dict(defaults.driver_opts)
     opts.update(values.driver_opts(problems, f"{label}.driver_opts", raw.get("driver_opts")))
+    speed = values.positive(problems, f"{label}.speed", raw.get("speed"), 1.0, maximum=1000, what="a positive number")
+    max_jobs = raw.get("max_jobs")
+    if max_jobs is not None:
+        max_jobs = int(values.positive(problems, f"{label}.max_jobs", max_jobs, 1, int, MAX_PARALLEL))
     if len(problems.lines) != before:
         return None
     return Host(
@@ -264,6 +274,8 @@ def _parse_host(problems: values.Problems, key: str, raw: Any, defaults: Default
         enabled=bool(enabled),
         buildkit_image=image or defaults.buildkit_image,
         driver_opts=MappingProxyType(opts),
+        speed=float(speed),
+        max_jobs=max_jobs,
     )
 
 

@@ -125,13 +125,14 @@ def positive(
     default: float,
     kind: Callable[[Any], float] = float,
     maximum: float = 100_000,
+    what: str | None = None,
 ) -> float:
     if value is None:
         return default
     wants_int = kind is int
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     if not numeric or (wants_int and not isinstance(value, int)) or value <= 0 or value > maximum:
-        what = "a positive integer" if wants_int else "a positive number of seconds"
+        what = what or ("a positive integer" if wants_int else "a positive number of seconds")
         limit = f" up to {maximum:g}" if maximum != 100_000 else ""
         problems.add(key, f"must be {what}{limit}, got {value!r}")
         return default

@@ -668,6 +668,7 @@ def test_build_report_json_keys_are_stable() -> None:
     (platform,) = document["platforms"]
     assert set(platform) == {
         "platform",
+        "target",
         "node",
         "node_platform",
         "mode",

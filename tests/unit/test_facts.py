@@ -4,6 +4,7 @@ with a stub `docker` where an engine is needed)."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -225,11 +226,11 @@ def test_a_known_boot_id_that_is_not_one_never_reaches_the_script() -> None:
 @pytest.mark.parametrize(
     ("facts", "keys"),
     [
-        (Facts.NONE, {"state", "instance", "image"}),
-        (Facts.MACHINE, {"state", "instance", "image", "boot_id", "machine", "userland_bits"}),
+        (Facts.NONE, {"state", "instance", "image", "cpus"}),
+        (Facts.MACHINE, {"state", "instance", "image", "cpus", "boot_id", "machine", "userland_bits"}),
         (
             Facts.FULL,
-            {"state", "instance", "image", "boot_id", "machine", "userland_bits", "os", "docker_cli"}
+            {"state", "instance", "image", "cpus", "boot_id", "machine", "userland_bits", "os", "docker_cli"}
             | {"server_version", "docker_root", "disk_free_kb"},
         ),
     ],
@@ -321,3 +322,11 @@ def test_values_from_the_host_reach_the_parser_unchanged(tmp_path: Path, shell: 
     assert json.loads(values["workers"]) == workers
     assert parse_node_health(out).native_platform == "linux/amd64"
     assert parse_facts(out).engine_error == BACKSLASHES
+
+
+def test_the_probe_counts_the_hosts_cpus(shell: str, tmp_path: Path) -> None:
+    """The CPU count (a node's default share of a bake's jobs) comes from /proc/cpuinfo, read by the shell."""
+    path = stub_docker(tmp_path / "bin", "exit 1")
+    env = {**os.environ, "PATH": f"{path}:{os.environ['PATH']}"}
+    out = run_script(shell, probe_script(CONTAINER, facts=Facts.NONE), env).stdout
+    assert parse_facts(out).cpus == os.cpu_count()

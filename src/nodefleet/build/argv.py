@@ -3,6 +3,7 @@ go by digest to the repository, local folders get a subfolder per platform, one 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from nodefleet.build.cmdline import TRUE_VALUES, BuildRequest, Output, format_output
@@ -26,15 +27,16 @@ def platform_dir(platform: str) -> str:
     return platform.replace("/", "_")
 
 
-def platform_output(output: Output, request: BuildRequest, platform: str, platforms: int) -> Output:
-    """The output of one platform's build: pushes go by digest to the repository; local folders get a subfolder."""
+def platform_output(output: Output, names: Sequence[str], platform: str, platforms: int) -> Output:
+    """The output of one platform's build of an image named `names`: pushes go by digest to the repository; local
+    folders get a subfolder per platform."""
     if output.push:
         keep = {
             key: value
             for key, value in output.attrs.items()
             if key not in {"name", "push", "push-by-digest", "name-canonical"}
         }
-        repo = repository(request.image_names[0])
+        repo = repository(names[0])
         return Output(
             "image", {**keep, "name": repo, "push-by-digest": "true", "name-canonical": "true", "push": "true"}
         )
@@ -66,7 +68,7 @@ def platform_argv(
         for tag in request.tags:
             argv += ["--tag", tag]
     for output in request.outputs:
-        argv += ["--output", format_output(platform_output(output, request, platform, platforms))]
+        argv += ["--output", format_output(platform_output(output, request.image_names, platform, platforms))]
     if request.cache_ref:
         argv += cache_args(request.cache_ref, platform)
     argv += ["--metadata-file", metadata_file]

@@ -33,6 +33,7 @@ class NodeCheck:
     result: HostResult
     worker_platforms: tuple[str, ...] = ()
     session: Session | None = field(default=None, compare=False, repr=False)
+    cpus: int | None = None
 
     @property
     def healthy(self) -> bool:
@@ -50,10 +51,11 @@ async def check_node(inventory: Inventory, host: Host, cache: ProbeCache, *, pla
     started = time.monotonic()
     session: Session | None = None
     workers: tuple[str, ...] = ()
+    cpus: int | None = None
     step = "ssh"
 
     async def look() -> None:
-        nonlocal session, workers, step
+        nonlocal session, workers, step, cpus
         from nodefleet.ssh import open_session  # loaded by the build before the checks start
 
         session = await open_session(ssh_target(inventory, host), attempts=1, budget=inventory.defaults.connect_timeout)
@@ -65,6 +67,7 @@ async def check_node(inventory: Inventory, host: Host, cache: ProbeCache, *, pla
         if result.platform is None:
             raise NodefleetError(f"unknown CPU architecture {answer.facts.machine!r}; set platforms for this host")
         workers = answer.health.worker_platforms
+        cpus = answer.facts.cpus
         problem = health_problem(host.name, result.platform, answer.health)
         if problem:
             stopped = answer.health.engine_error is None and answer.health.state != "running"
@@ -82,10 +85,10 @@ async def check_node(inventory: Inventory, host: Host, cache: ProbeCache, *, pla
     finally:
         result.seconds = time.monotonic() - started
     if not result.failed:
-        return NodeCheck(result, workers, session=session)
+        return NodeCheck(result, workers, session=session, cpus=cpus)
     if session is not None:
         await session.close()
-    return NodeCheck(result, workers)
+    return NodeCheck(result, workers, cpus=cpus)
 
 
 class Checks:
@@ -143,6 +146,7 @@ class Checks:
             health=Health.HEALTHY if check.healthy else Health.FAILED,
             error=check.result.error,
             workers=check.worker_platforms,
+            cpus=check.cpus,
         )
 
     async def settle(self, base: Sequence[NodeView], choose: Callable[[list[NodeView], bool], Selection]) -> Selection:

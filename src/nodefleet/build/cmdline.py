@@ -286,7 +286,7 @@ def parse_request(
         what = "no build context" if not positionals else f"several build contexts: {' '.join(positionals)}"
         raise UsageError(f"{what}; give exactly one PATH, URL or - after the buildx options")
     if cache_ref is not None:
-        _check_repository(cache_ref, "--cache-ref")
+        check_repository(cache_ref, "--cache-ref")
         if cache_to:
             raise UsageError("--cache-ref writes one cache per platform; drop --cache-to (or drop --cache-ref)")
     request = BuildRequest(
@@ -294,7 +294,7 @@ def parse_request(
         passthrough=tuple(passthrough),
         tags=tuple(tags),
         outputs=tuple(outputs),
-        platforms=_platforms(",".join([*platforms, found.get("platform", "")])),
+        platforms=known_platforms(",".join([*platforms, found.get("platform", "")])),
         cache_ref=cache_ref,
         allow_emulation=allow_emulation,
         metadata_file=found.get("metadata-file"),
@@ -333,7 +333,7 @@ def _intercept(item: _Arg, tags: list[str], outputs: list[Output], found: dict[s
         found[item.name or ""] = value
 
 
-def _platforms(text: str) -> tuple[str, ...]:
+def known_platforms(text: str) -> tuple[str, ...]:
     result: list[str] = []
     for part in text.split(","):
         if not part.strip():
@@ -347,7 +347,7 @@ def _platforms(text: str) -> tuple[str, ...]:
     return tuple(result)
 
 
-def _check_repository(reference: str, option: str) -> None:
+def check_repository(reference: str, option: str) -> None:
     host, sep, path = reference.partition("/")
     components = path.split("/") if sep else [host]
     # fullmatch: `$` would let a trailing newline through into buildx's arguments
@@ -372,13 +372,19 @@ def check_outputs(request: BuildRequest, platforms: int) -> None:
     platforms do not, and buildx refuses them for multi-node builds too ("oci for multi-node builds currently not
     supported").
     """
-    if platforms > 1:
-        unsplittable = sorted({output.type for output in request.outputs if output.type not in _SPLITTABLE})
-        if unsplittable:
-            what = "--load" if unsplittable == ["docker"] else f"an output of type {', '.join(unsplittable)}"
-            raise UsageError(
-                f"{what} cannot be made from {platforms} platforms built on separate nodes (buildx refuses it for "
-                "multi-node builds too): build one platform per run (--platform P), or push to a registry (--push)"
-            )
-        if request.iidfile and not request.push:
-            raise UsageError("--iidfile with several platforms needs --push (nodefleet writes the pushed index digest)")
+    check_split(request.outputs, platforms)
+    if platforms > 1 and request.iidfile and not request.push:
+        raise UsageError("--iidfile with several platforms needs --push (nodefleet writes the pushed index digest)")
+
+
+def check_split(outputs: Sequence[Output], platforms: int, who: str = "") -> None:
+    """Raise UsageError when these outputs cannot be made from `platforms` platforms built on separate nodes."""
+    if platforms <= 1:
+        return
+    unsplittable = sorted({output.type for output in outputs if output.type not in _SPLITTABLE})
+    if unsplittable:
+        what = "--load" if unsplittable == ["docker"] else f"an output of type {', '.join(unsplittable)}"
+        raise UsageError(
+            f"{who}{what} cannot be made from {platforms} platforms built on separate nodes (buildx refuses it for "
+            "multi-node builds too): build one platform per run (--platform P), or push to a registry (--push)"
+        )

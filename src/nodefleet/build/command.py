@@ -55,7 +55,7 @@ async def build(inventory: Inventory, request: BuildRequest, options: BuildOptio
 async def _build(ctx: Context, report: BuildReport) -> None:
     request = ctx.request
     record = ctx.state.build_record.load()
-    base = initial_views(ctx.inventory.enabled_hosts, record, _main_pins(ctx.inventory.builder, report.notes))
+    base = initial_views(ctx.inventory.enabled_hosts, record, main_pins(ctx.inventory.builder, report.notes))
     checks = Checks(ctx.inventory, ctx.options, ctx.cache)
     wanted = set(hosts_to_check(base, request.platforms, request.allow_emulation))
     hint = f"inventory {ctx.inventory.path}"
@@ -76,7 +76,7 @@ async def _build(ctx: Context, report: BuildReport) -> None:
         )
         await ctx.remember(checks.checked())
         ctx.views = {view.name: view for view in checks.views(base)}
-        _tell_routing(ctx, selection)
+        tell_routing(ctx, selection)
         report.notes += list(selection.skipped)
         if selection.refused:
             _refuse(report, selection)
@@ -100,7 +100,7 @@ async def _build(ctx: Context, report: BuildReport) -> None:
         await checks.close()
 
 
-def _main_pins(builder: str, notes: list[str]) -> dict[str, tuple[str, ...]]:
+def main_pins(builder: str, notes: list[str]) -> dict[str, tuple[str, ...]]:
     try:
         stored = read_store(builder)
     except CorruptStoreError as exc:
@@ -112,7 +112,7 @@ def _main_pins(builder: str, notes: list[str]) -> dict[str, tuple[str, ...]]:
     return {node.name: node.platforms for node in stored.nodes}
 
 
-def _tell_routing(ctx: Context, selection: Selection) -> None:
+def tell_routing(ctx: Context, selection: Selection) -> None:
     """Say which nodes were passed over and why (down, or not answering within the grace period)."""
     for view in ctx.views.values():
         if view.health is Health.FAILED:

@@ -4,13 +4,13 @@ file merged from every platform's."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nodefleet.build.argv import repository
 from nodefleet.build.context import Context
 from nodefleet.build.output import index_digests, merge_metadata
-from nodefleet.build.report import BuildReport
+from nodefleet.build.report import BuildReport, PlatformResult
 from nodefleet.buildx.argv import imagetools_create_argv, imagetools_inspect_argv
 from nodefleet.errors import CommandError
 from nodefleet.runner import run_local
@@ -21,15 +21,36 @@ INDEX_TIMEOUT = 300.0  # seconds for `imagetools create`: a registry that stops 
 async def assemble_index(ctx: Context, report: BuildReport) -> None:
     """Put the platforms' pushed images in one index under every name, then read its manifests back."""
     names = ctx.request.image_names
+    try:
+        digest = await make_index(ctx, names, report.platforms)
+    except IndexFailure as exc:
+        report.failure = str(exc)
+        return
+    report.pushed = True
+    report.names = tuple(names)
+    report.index_digest = digest
+    for result in report.platforms:
+        if result.manifest_digest is None:
+            report.failure = f"the pushed index {names[0]} has no {result.platform} manifest"
+
+
+class IndexFailure(Exception):
+    """The index of pushed platforms could not be made; one line for the report."""
+
+
+async def make_index(ctx: Context, names: Sequence[str], results: Sequence[PlatformResult]) -> str | None:
+    """One index under every name from these results' pushed images (by digest, in one repository); each result
+    gets its manifest's digest in the index. Returns the index's digest."""
     repo = repository(names[0])
     sources = []
-    for result in report.platforms:
+    for result in results:
         digest = result.metadata.get("containerimage.digest")
         if not digest:
-            report.failure = f"{result.platform}: buildx's metadata has no containerimage.digest; nothing to assemble"
-            return
+            raise IndexFailure(
+                f"{result.platform}: buildx's metadata has no containerimage.digest; nothing to assemble"
+            )
         sources.append(f"{repo}@{digest}")
-    node = report.platforms[0].node or ""
+    node = results[0].node or ""
     helper, env = ctx.used.get(node) or (await ctx.helper(node, gateway=False), None)
     ctx.options.notice(f"assembling the index {', '.join(names)} from {len(sources)} platforms")
     timeout = max(INDEX_TIMEOUT, ctx.inventory.defaults.command_timeout)
@@ -37,15 +58,11 @@ async def assemble_index(ctx: Context, report: BuildReport) -> None:
         await _run_logged(ctx, imagetools_create_argv(helper, names, sources), env, timeout)
         inspected = await run_local(imagetools_inspect_argv(helper, names[0]), timeout=120, env=env)
     except CommandError as exc:
-        report.failure = f"assembling the index failed: {exc}"
-        return
-    report.pushed = True
-    report.names = tuple(names)
-    report.index_digest, digests = index_digests(inspected.stdout)
-    for result in report.platforms:
+        raise IndexFailure(f"assembling the index failed: {exc}") from None
+    index_digest, digests = index_digests(inspected.stdout)
+    for result in results:
         result.manifest_digest = digests.get(result.platform)
-        if result.manifest_digest is None:
-            report.failure = f"the pushed index {names[0]} has no {result.platform} manifest"
+    return index_digest
 
 
 async def _run_logged(ctx: Context, argv: list[str], env: Mapping[str, str] | None, timeout: float) -> None:

@@ -40,6 +40,7 @@ class PlatformResult:
     platform: str
     node: str | None = None
     node_platform: str | None = None
+    target: str | None = None  # bake: the target this result is of
     emulated: bool = False
     status: str = "pending"
     seconds: float = 0.0
@@ -55,6 +56,7 @@ class PlatformResult:
         """Stable JSON keys."""
         return {
             "platform": self.platform,
+            "target": self.target,
             "node": self.node,
             "node_platform": self.node_platform,
             "mode": "emulated" if self.emulated else "native",
@@ -75,6 +77,8 @@ class BuildReport:
 
     builder: str
     platforms: list[PlatformResult] = field(default_factory=list)
+    command: str = "build"
+    indexes: list[dict[str, Any]] = field(default_factory=list)  # bake: one pushed index per target
     nodes: list[HostResult] = field(default_factory=list)
     names: tuple[str, ...] = ()
     index_digest: str | None = None
@@ -101,10 +105,11 @@ class BuildReport:
     def as_json(self) -> dict[str, Any]:
         """The versioned JSON document `--json` prints."""
         return {
-            **envelope("build", self.builder, ok=self.ok, seconds=self.seconds),
+            **envelope(self.command, self.builder, ok=self.ok, seconds=self.seconds),
             "platforms": [result.as_json() for result in self.platforms],
             "pushed": {"names": list(self.names), "index_digest": self.index_digest} if self.pushed else None,
             "nodes": [node.as_json() for node in self.nodes],
             "failure": self.failure,
             "notes": list(self.notes),
+            **({"indexes": list(self.indexes), "makespan": round(self.seconds, 3)} if self.command == "bake" else {}),
         }

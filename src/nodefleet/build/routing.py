@@ -36,6 +36,7 @@ class NodeView:
     error: str | None = None
     workers: tuple[str, ...] = ()
     last_used: float = 0.0
+    cpus: int | None = None
 
     def native_for(self, platform: str) -> bool:
         """True when the host builds `platform` natively: one of its platforms is exactly `platform`. Platforms are

@@ -10,8 +10,9 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nodefleet.build.argv import platform_argv, platform_slug, progress_mode
 from nodefleet.build.checks import Checks
@@ -28,12 +29,27 @@ log = logging.getLogger(__name__)
 WATCH_MISSES = 3  # unanswered keepalives, connect_timeout seconds apart, before a building node is given up
 
 
+# (builder, metadata file, jobs in this run, --progress value) -> the buildx argv of a job's attempt.
+Command = Callable[[str, str, int, str], list[str]]
+
+
 @dataclass
 class Job:
-    """One unit of work: the request built for one platform on its chosen node, and what came of it."""
+    """One unit of work: what to build (the build's request, or a bake's targets) for one platform, on its chosen
+    node, and what came of it. `result` is the job's own; `others` (the other targets a bake job builds together)
+    end the same way."""
 
     choice: Choice
     result: PlatformResult
+    command: Command | None = None  # None: the build request's argv for the platform
+    key: str = ""  # names the job in progress lines and files; default: its platform
+    others: list[PlatformResult] = field(default_factory=list)
+    stops_others: bool = True  # as in buildx build, one platform failing stops the others
+
+    @property
+    def name(self) -> str:
+        """The job's name: its key, else its platform."""
+        return self.key or self.choice.platform
 
 
 @dataclass
@@ -45,20 +61,34 @@ class _Plan:
     count: int
     progress: str
     inherit: bool
+    limits: Mapping[str, int] = field(default_factory=dict)
     labelled: bool = field(init=False)
+    slots: dict[str, asyncio.Semaphore] = field(init=False)
 
     def __post_init__(self) -> None:
         self.labelled = self.count > 1
+        self.slots = {node: asyncio.Semaphore(max(1, limit)) for node, limit in self.limits.items()}
 
-    def label(self, platform: str) -> str:
-        """The label of a job's progress lines: its platform, when several jobs run at once."""
-        return platform if self.labelled else ""
+    def label(self, job: Job) -> str:
+        """The label of a job's progress lines: its name, when several jobs run at once."""
+        return job.name if self.labelled else ""
+
+    def slot(self, node: str) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+        """What a job holds while it runs on `node`: one of the node's max_jobs slots, when it has a limit."""
+        return self.slots.get(node) or contextlib.nullcontext()
 
 
-async def run_jobs(ctx: Context, jobs: Sequence[Job], checks: Checks, early: dict[str, Early]) -> None:
-    """Run every job, at most `parallel` at a time (default: all at once), each with its retry."""
+async def run_jobs(
+    ctx: Context,
+    jobs: Sequence[Job],
+    checks: Checks,
+    early: dict[str, Early],
+    limits: Mapping[str, int] | None = None,
+) -> None:
+    """Run every job, at most `parallel` at a time (default: all at once) and at most `limits[node]` at once on a
+    node, each with its retry."""
     progress, inherit = progress_mode(ctx.request, len(jobs))
-    plan = _Plan(checks, early, len(jobs), progress, inherit)
+    plan = _Plan(checks, early, len(jobs), progress, inherit, limits or {})
     semaphore = asyncio.Semaphore(ctx.options.parallel or max(1, len(jobs)))
 
     async def one(job: Job) -> None:
@@ -72,11 +102,24 @@ async def _run_job(ctx: Context, plan: _Plan, job: Job) -> None:
     """Run one job; an infrastructure failure is retried once on another node of its platform."""
     choice, result = job.choice, job.result
     node = choice.node
+    try:
+        await _attempts(ctx, plan, job, node)
+    finally:
+        for other in job.others:
+            other.node, other.status, other.seconds = result.node, result.status, result.seconds
+            other.error, other.error_kind, other.attempts = result.error, result.error_kind, result.attempts
+            other.steps, other.cached_steps = result.steps, result.cached_steps
+            other.metadata = result.metadata  # a bake's metadata file holds every target's, by name
+
+
+async def _attempts(ctx: Context, plan: _Plan, job: Job, node: str) -> None:
+    choice, result = job.choice, job.result
     while True:
         attempt = Attempt(node)
         result.attempts.append(attempt)
         result.node = node
-        await _attempt(ctx, plan, job, attempt)
+        async with plan.slot(node):
+            await _attempt(ctx, plan, job, attempt)
         if attempt.status in {"built", "cancelled"}:
             result.status = attempt.status
             result.error = attempt.error
@@ -88,9 +131,10 @@ async def _run_job(ctx: Context, plan: _Plan, job: Job) -> None:
             result.status = "failed"
             result.error = attempt.error
             result.error_kind = attempt.error_kind
-            ctx.abort.set()  # as in buildx, one platform failing fails the build: the others stop
+            if job.stops_others:
+                ctx.abort.set()  # as in buildx, one platform failing fails the build: the others stop
             return
-        ctx.options.notice(f"{choice.platform}: {node} failed ({attempt.error_kind}); retrying once on {retry}")
+        ctx.options.notice(f"{job.name}: {node} failed ({attempt.error_kind}); retrying once on {retry}")
         await ctx.mark_used([retry])
         node = retry
 
@@ -104,7 +148,7 @@ async def _next_node(ctx: Context, choice: Choice, checks: Checks, exclude: set[
 
 async def _attempt(ctx: Context, plan: _Plan, job: Job, attempt: Attempt) -> None:
     platform, result = job.choice.platform, job.result
-    early = plan.early.pop(platform, None) if len(result.attempts) == 1 else None
+    early = plan.early.pop(platform, None) if len(result.attempts) == 1 and job.command is None else None
     if early is not None and early.node != attempt.node:
         await early.drop()
         early = None
@@ -134,9 +178,9 @@ async def _run_on_node(
 ) -> Run:
     """Run the job's buildx on its node (or let the one started early go on), watching the node meanwhile."""
     platform, result, checks = job.choice.platform, job.result, plan.checks
-    metadata = ctx.tmp / f"{platform_slug(platform)}-{len(result.attempts)}.json"
+    metadata = _metadata_file(ctx, job)
     mode = "under emulation (QEMU)" if result.emulated else "natively"
-    ctx.options.notice(f"{platform}: building {mode} on {attempt.node}")
+    ctx.options.notice(f"{job.name}: building {mode} on {attempt.node}")
     watch = asyncio.ensure_future(_watch(ctx, checks, attempt.node))
     try:
         if early is not None:
@@ -144,17 +188,20 @@ async def _run_on_node(
             early.hold.set_result(True)
             run = await early.task
         else:
-            argv = platform_argv(
-                ctx.request,
-                platform,
-                builder,
-                platforms=plan.count,
-                metadata_file=str(metadata),
-                progress=plan.progress,
-            )
+            if job.command is not None:
+                argv = job.command(builder, str(metadata), plan.count, plan.progress)
+            else:
+                argv = platform_argv(
+                    ctx.request,
+                    platform,
+                    builder,
+                    platforms=plan.count,
+                    metadata_file=str(metadata),
+                    progress=plan.progress,
+                )
             run = await run_streaming(
                 argv,
-                label=plan.label(platform),
+                label=plan.label(job),
                 options=ctx.options,
                 stdin=ctx.request.stdin,
                 inherit_stderr=plan.inherit,
@@ -170,9 +217,9 @@ async def _run_on_node(
 
 def _take_run(ctx: Context, job: Job, attempt: Attempt, run: Run) -> None:
     """What the run says of the attempt: built, cancelled (another job failed), or failed and why."""
-    platform, result = job.choice.platform, job.result
-    metadata = ctx.tmp / f"{platform_slug(platform)}-{len(result.attempts)}.json"
-    log.debug("%s on %s: exit %s after %.2f s", platform, attempt.node, run.exit_status, run.seconds)
+    result = job.result
+    metadata = _metadata_file(ctx, job)
+    log.debug("%s on %s: exit %s after %.2f s", job.name, attempt.node, run.exit_status, run.seconds)
     attempt.seconds = run.seconds
     result.seconds = run.seconds
     if run.counts is not None:
@@ -191,8 +238,13 @@ def _take_run(ctx: Context, job: Job, attempt: Attempt, run: Run) -> None:
         attempt.error = run.lost
         attempt.error_kind = FailureKind.INFRASTRUCTURE
         return
-    attempt.error = error_text(run.lines) or f"docker buildx build exited {run.exit_status}"
+    attempt.error = error_text(run.lines) or f"buildx exited {run.exit_status}"
     attempt.error_kind = classify_failure(attempt.error)
+
+
+def _metadata_file(ctx: Context, job: Job) -> Path:
+    """Where buildx writes the metadata of the job's current attempt (the early buildx of a build's platform too)."""
+    return ctx.tmp / f"{platform_slug(job.name)}-{len(job.result.attempts)}.json"
 
 
 def _pass_on(target: asyncio.Future[str], source: asyncio.Future[str]) -> None:

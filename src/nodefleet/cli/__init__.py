@@ -10,6 +10,7 @@ from typing import NoReturn
 import click
 
 from nodefleet import __version__
+from nodefleet.cli.bake import bake_command
 from nodefleet.cli.build import build_command
 from nodefleet.cli.common import configure_logging, console, fail
 from nodefleet.cli.fleet import down, status, up
@@ -25,7 +26,7 @@ def cli(verbose: int) -> None:
     configure_logging(verbose)
 
 
-for command in (up, status, down, inventory_group, build_command):
+for command in (up, status, down, inventory_group, build_command, bake_command):
     cli.add_command(command)
 
 

@@ -28,7 +28,7 @@ class _BuildCommand(click.Command):
         return rest
 
 
-def _build_progress(label: str, line: str) -> None:
+def build_progress(label: str, line: str) -> None:
     write_err(f"[{label}] {line}" if label else line)
 
 
@@ -88,12 +88,12 @@ def build_command(
     to_stdout = any(output.attrs.get("dest") == "-" for output in request.outputs)
     options = BuildOptions(
         parallel=parallel,
-        progress=_build_progress,
+        progress=build_progress,
         notice=lambda message: write_err(f"nodefleet: {message}"),
         inherit_stdout=to_stdout,
     )
     report = run(build(inventory, request, options), tables=not as_json)
-    _render_build(report, as_json, err=to_stdout)
+    render_build(report, as_json, err=to_stdout)
     raise SystemExit(report.exit_code)
 
 
@@ -106,7 +106,7 @@ def _failure_kind(result: PlatformResult) -> str:
     return " (not retried)" if kind else ""
 
 
-def _render_build(report: BuildReport, as_json: bool, *, err: bool) -> None:
+def render_build(report: BuildReport, as_json: bool, *, err: bool) -> None:
     if as_json:  # no rich here: machines need no colours, and importing it costs a tenth of a second
         import json
 
@@ -119,32 +119,41 @@ def _render_build(report: BuildReport, as_json: bool, *, err: bool) -> None:
     out.print(_build_table(report))
     for result in report.platforms:
         for attempt in result.attempts[:-1]:
-            line = f"{result.platform}: {attempt.node} failed ({attempt.error_kind}): {attempt.error}"
+            line = f"{_what(result)}: {attempt.node} failed ({attempt.error_kind}): {attempt.error}"
             out.print(escape(line), highlight=False)
         if result.error and result.status == "refused":
             out.print(f"[red]refused[/] {escape(result.error)}", highlight=False)
         elif result.error and result.status == "failed":
             kind = _failure_kind(result)
-            out.print(f"[red]{result.platform}[/]{escape(kind)}: {escape(result.error)}", highlight=False)
+            out.print(f"[red]{escape(_what(result))}[/]{escape(kind)}: {escape(result.error)}", highlight=False)
     for node in report.nodes:
         if node.status == "failed":
             out.print(f"[yellow]{node.name}[/] not used: {escape(node.error or 'failed')}", highlight=False)
     if report.failure and not any(result.status == "refused" for result in report.platforms):
-        out.print(f"[red]build failed:[/] {escape(report.failure)}", highlight=False)
+        out.print(f"[red]{report.command} failed:[/] {escape(report.failure)}", highlight=False)
     for note in report.notes:
         out.print(f"note: {escape(note)}", highlight=False)
     built = sum(1 for result in report.platforms if result.status == "built")
-    summary = f"{built} of {len(report.platforms)} platforms built ({report.seconds:.1f} s)"
+    what = "target platforms" if report.command == "bake" else "platforms"
+    took = "makespan" if report.command == "bake" else ""
+    summary = f"{built} of {len(report.platforms)} {what} built ({took}{' ' if took else ''}{report.seconds:.1f} s)"
     if report.pushed:
         summary += f"; index {report.index_digest} pushed as {', '.join(report.names)}"
+    for index in report.indexes:
+        summary += f"\n{index['target']}: index {index['index_digest']} pushed as {', '.join(index['names'])}"
     out.print(summary, highlight=False)
+
+
+def _what(result: PlatformResult) -> str:
+    return f"{result.target} {result.platform}" if result.target else result.platform
 
 
 def _build_table(report: BuildReport) -> Table:
     from rich.table import Table
 
-    table = Table(title=f"builder {report.builder} — build", title_justify="left")
-    for column in ("platform", "node", "mode", "status", "s", "cached", "manifest"):
+    table = Table(title=f"builder {report.builder} — {report.command}", title_justify="left")
+    targets = report.command == "bake"
+    for column in ("target", "platform", "node", "mode", "status", "s", "cached", "manifest")[0 if targets else 1 :]:
         table.add_column(column, justify="right" if column in {"s", "cached"} else "left")
     styles = {"built": "green", "failed": "bold red", "refused": "bold red", "cancelled": "yellow"}
     for result in report.platforms:
@@ -156,6 +165,7 @@ def _build_table(report: BuildReport) -> Table:
         if result.emulated and result.node_platform:
             mode += f" on {result.node_platform}"
         table.add_row(
+            *([result.target or "-"] if targets else []),
             result.platform,
             node,
             mode,

@@ -57,6 +57,7 @@ class HostFacts:
     engine_error: str | None = None
     disk_free_bytes: int | None = None
     boot_id: str | None = None
+    cpus: int | None = None
 
     @property
     def platform(self) -> str | None:
@@ -96,6 +97,7 @@ def parse_facts(values: dict[str, str]) -> HostFacts:
     bits_text = values.get("userland_bits", "")
     disk = values.get("disk_free_kb", "")
     boot = values.get("boot_id", "")
+    cpus = values.get("cpus", "")
     return HostFacts(
         machine=values.get("machine", ""),
         userland_bits=int(bits_text) if bits_text in {"32", "64"} else None,
@@ -105,6 +107,7 @@ def parse_facts(values: dict[str, str]) -> HostFacts:
         engine_error=values.get("docker_error") or None,
         disk_free_bytes=int(disk) * 1024 if disk.isdigit() else None,
         boot_id=boot if BOOT_ID.fullmatch(boot) else None,
+        cpus=int(cpus) if cpus.isdigit() and int(cpus) > 0 else None,
     )
 
 

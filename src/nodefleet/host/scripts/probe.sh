@@ -14,7 +14,7 @@
 #
 # Lines that carry outside text are printed with printf: dash's echo would read backslashes in them as escapes.
 #
-# Keys: state instance buildkit workers inspect_error | image | boot_id machine userland_bits | os docker_cli
+# Keys: state instance buildkit workers inspect_error | image | cpus | boot_id machine userland_bits | os docker_cli
 #       server_version docker_root docker_error disk_free_kb
 set -f
 container=$1 known_instance=$2 known_boot=$3 image=$4 facts=$5
@@ -63,6 +63,13 @@ if [ -n "$image" ]; then
     echo image=absent
   fi
 fi
+
+# The host's CPUs (its share of a bake's jobs), counted by the shell itself (no process).
+cpus=0
+while read -r line; do
+  case $line in processor*) cpus=$((cpus + 1)) ;; esac
+done 2>/dev/null </proc/cpuinfo
+printf '%s\n' "cpus=$cpus"
 
 # The host. The boot id is read by the shell itself (no process).
 [ "$facts" = none ] && exit 0

@@ -1,0 +1,5 @@
+FROM base
+ARG TARGETPLATFORM
+ARG BUILDPLATFORM
+RUN echo "app: built on $BUILDPLATFORM for $TARGETPLATFORM" > /built
+CMD ["cat", "/built"]

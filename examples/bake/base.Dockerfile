@@ -1,0 +1,3 @@
+ARG ALPINE
+FROM ${ALPINE}
+RUN apk add --no-cache ca-certificates

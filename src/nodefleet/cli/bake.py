@@ -1,0 +1,80 @@
+"""`nodefleet bake`: nodefleet's own options parsed, the bake options sorted (files, overrides, targets, outputs),
+the bake library called, its report rendered."""
+
+from __future__ import annotations
+
+import click
+
+from nodefleet.cli.build import build_progress, render_build
+from nodefleet.cli.common import inventory_option, json_option, load, parallel_option, run, write_err
+
+
+class _BakeCommand(click.Command):
+    """Parses nodefleet's own options; every other argument is `docker buildx bake`'s."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from nodefleet.build.bakeargs import split_bake_line
+
+        own, rest = split_bake_line(args)
+        super().parse_args(ctx, own)
+        ctx.args = rest
+        return rest
+
+
+@click.command(
+    "bake",
+    cls=_BakeCommand,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    options_metavar="[OPTIONS] [BUILDX BAKE OPTIONS] [TARGET...]",
+)
+@inventory_option
+@json_option
+@parallel_option
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="PLATFORM[,PLATFORM]",
+    help="Platforms of every target (default: each target's own, else every platform of a healthy node).",
+)
+@click.option(
+    "--allow-emulation",
+    is_flag=True,
+    help="Build a platform with no healthy native node under QEMU on another node (reported as emulated).",
+)
+@click.option(
+    "--cache-ref",
+    metavar="REPO",
+    default=None,
+    help="Registry cache per target and platform: cache-from and cache-to REPO:<target>-<platform>, mode=max.",
+)
+@click.pass_context
+def bake_command(
+    ctx: click.Context,
+    inventory_path: str,
+    as_json: bool,
+    parallel: int | None,
+    platforms: tuple[str, ...],
+    allow_emulation: bool,
+    cache_ref: str | None,
+) -> None:
+    """Build every target of a bake or compose file natively on the fleet: nodefleet bake [bake options] [TARGET...].
+
+    The definition is read through docker buildx bake --print (-f, --set, variables, groups). Each target's
+    platforms become jobs, each on a healthy node of exactly that platform; the nodes of a platform share its
+    jobs by capacity (speed, max_jobs in the inventory), at once. --push makes one index per target.
+    """
+    from nodefleet.build.bake import bake
+    from nodefleet.build.bakeargs import parse_bake_request
+    from nodefleet.build.options import BuildOptions
+
+    inventory = load(inventory_path)
+    request = parse_bake_request(ctx.args, platforms=platforms, cache_ref=cache_ref, allow_emulation=allow_emulation)
+    options = BuildOptions(
+        parallel=parallel,
+        progress=build_progress,
+        notice=lambda message: write_err(f"nodefleet: {message}"),
+    )
+    report = run(bake(inventory, request, options), tables=not as_json)
+    render_build(report, as_json, err=False)
+    raise SystemExit(report.exit_code)
