@@ -50,3 +50,29 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
 def shown_command(argv: Sequence[str]) -> str:
     """An argv as one shell line for logs and messages, secrets masked."""
     return shlex.join(redact_argv(argv))
+
+
+def secret_values(argv: Sequence[str]) -> list[str]:
+    """The values of secret build arguments in an argv (`--build-arg NAME=VALUE`, bake's `--set T.args.NAME=VALUE`),
+    longest first: BuildKit names a RUN step with its arguments expanded, so they must be masked in its progress
+    too. Values shorter than 4 characters are left alone (masking `1` everywhere would hide nothing and mangle
+    everything)."""
+    found: list[str] = []
+    for option, value in zip(argv, [*argv[1:], ""], strict=True):
+        text = value if option in {"--build-arg", "--set"} else None
+        if text is None and option.startswith(("--build-arg=", "--set=")):
+            text = option.split("=", 1)[1]
+        if text is None:
+            continue
+        name, sep, secret = text.partition("=")
+        name = name.rsplit(".args.", 1)[-1] if option.startswith("--set") else name
+        if sep and len(secret) >= 4 and secret_name(name) and (option.startswith("--build-arg") or ".args." in text):
+            found.append(secret)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def mask(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every secret value replaced by `***`."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text

@@ -1353,25 +1353,6 @@ def fill(fleet: FaultFleet, host: str) -> int:
 
 # Known defects of `nodefleet build` (src/nodefleet/build/, another engineer's): each test checks the promise in full
 # and records the broken row; strict, so a fix makes the test fail until the mark goes.
-DISK_FULL_IS_NOT_A_DOCKERFILE_ERROR = pytest.mark.xfail(
-    strict=True,
-    reason="build/schedule.py classifies a failed attempt from buildx's ERROR lines alone (`process ... did not "
-    "complete successfully: exit code: 1`): the step's `No space left on device` is never seen, so a full disk is a "
-    "Dockerfile error, not the node's fault, and is not retried",
-)
-PUSHED_DIGESTS_ARE_NOT_KEPT = pytest.mark.xfail(
-    strict=True,
-    reason="build/report.py PlatformResult.as_json gives no pushed digest (metadata['containerimage.digest'] is "
-    "dropped) and the index failure names no source: when the index is not made, the user cannot make it again",
-)
-PROGRESS_SHOWS_SECRET_ARGS = pytest.mark.xfail(
-    strict=True,
-    reason='BuildKit names a RUN step with its build arguments expanded (`#5 [2/2] RUN test -n "<value>"`) and '
-    "build/run.py passes buildx's progress lines to stderr (and into errors) unmasked",
-)
-
-
-@DISK_FULL_IS_NOT_A_DOCKERFILE_ERROR
 def test_disk_full_during_a_build(fleet: FaultFleet, record: Any) -> None:
     rec = record("build/disk-full")
     rec.ready()
@@ -1501,7 +1482,6 @@ def remake_index(rec: Record, run: Run, repo: str, platforms: set[str]) -> None:
     rec.expect(made.returncode == 0 and platforms <= found, "imagetools create from them makes the index")
 
 
-@PUSHED_DIGESTS_ARE_NOT_KEPT
 def test_registry_stopped_during_a_platforms_push(fleet: FaultFleet, lab_fault: Any, record: Any) -> None:
     rec = record("build/registry-unreachable-mid-push")
     rec.ready()
@@ -1553,7 +1533,6 @@ def test_registry_answering_500_to_a_push(fleet: FaultFleet, record: Any) -> Non
     assert not rec.broken, rec.row()
 
 
-@PUSHED_DIGESTS_ARE_NOT_KEPT
 def test_registry_answering_500_to_the_index(fleet: FaultFleet, record: Any) -> None:
     rec = record("build/registry-5xx-index")
     rec.ready()
@@ -1579,7 +1558,6 @@ def test_registry_answering_500_to_the_index(fleet: FaultFleet, record: Any) -> 
     assert not rec.broken, rec.row()
 
 
-@PUSHED_DIGESTS_ARE_NOT_KEPT
 def test_index_name_on_an_unreachable_registry(fleet: FaultFleet, record: Any) -> None:
     rec = record("build/registry-unreachable-index")
     rec.ready()
@@ -1651,7 +1629,6 @@ def test_host_reinstalled_as_another_architecture(fleet: FaultFleet, lab_fault: 
     assert not rec.broken, rec.row()
 
 
-@PROGRESS_SHOWS_SECRET_ARGS
 def test_secret_build_arg_value_is_in_no_output(fleet: FaultFleet, tmp_path: Path) -> None:
     """A build argument whose name looks secret (API_TOKEN), with -vv and --json and a metadata file: its value is
     in none of stdout, stderr, the metadata file nor any file of nodefleet's state folder."""

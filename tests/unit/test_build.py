@@ -677,6 +677,7 @@ def test_build_report_json_keys_are_stable() -> None:
         "steps",
         "cached_steps",
         "manifest_digest",
+        "pushed_digest",
         "error",
         "error_kind",
         "attempts",
@@ -743,3 +744,16 @@ def test_assembling_the_index_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch
     assert create_timeout >= build_index.INDEX_TIMEOUT
     assert all(isinstance(timeout, int | float) and math.isfinite(timeout) for _, timeout in calls)
     assert report.failure is None and report.pushed and report.index_digest == "sha256:index"
+
+
+def test_a_full_disk_is_the_nodes_fault_whatever_the_step_says() -> None:
+    from nodefleet.build.output import disk_full
+
+    lines = [
+        "#6 [2/2] RUN dd if=/dev/zero of=/big",
+        "#6 0.512 dd: error writing '/big': No space left on device",
+        'ERROR: failed to solve: process "/bin/sh -c dd" did not complete successfully: exit code: 1',
+    ]
+    assert classify_failure(error_text(lines)) is FailureKind.DOCKERFILE  # what buildx's ERROR line alone says
+    assert disk_full(lines) == "#6 0.512 dd: error writing '/big': No space left on device"
+    assert disk_full(lines[:1] + lines[2:]) is None

@@ -46,3 +46,13 @@ def test_a_failing_command_neither_logs_nor_reports_a_secret(caplog: pytest.LogC
         asyncio.run(run_local(["sh", "-c", "exit 3", "--build-arg", "API_TOKEN=s3cr3t"], timeout=10))
     assert "s3cr3t" not in str(failure.value) and "API_TOKEN=***" in str(failure.value)
     assert "s3cr3t" not in caplog.text and "API_TOKEN=***" in caplog.text
+
+
+def test_secret_values_are_found_for_masking_in_progress_lines() -> None:
+    from nodefleet.redact import mask, secret_values
+
+    argv = ["docker", "buildx", "build", "--build-arg", "API_TOKEN=s3cr3t-tok", "--build-arg=DB_PASSWORD=hunter22"]
+    argv += ["--build-arg", "VERSION=1.2.3", "--set", "app.args.NPM_TOKEN=npm-abcdef", "--build-arg", "KEY=ab"]
+    assert secret_values(argv) == ["npm-abcdef", "s3cr3t-tok", "hunter22"]
+    line = '#5 [2/2] RUN test -n "s3cr3t-tok" && echo hunter22 1.2.3'
+    assert mask(line, secret_values(argv)) == '#5 [2/2] RUN test -n "***" && echo *** 1.2.3'

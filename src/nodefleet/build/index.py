@@ -58,7 +58,11 @@ async def make_index(ctx: Context, names: Sequence[str], results: Sequence[Platf
         await _run_logged(ctx, imagetools_create_argv(helper, names, sources), env, timeout)
         inspected = await run_local(imagetools_inspect_argv(helper, names[0]), timeout=120, env=env)
     except CommandError as exc:
-        raise IndexFailure(f"assembling the index failed: {exc}") from None
+        again = " ".join([*(f"-t {name}" for name in names), *sources])
+        raise IndexFailure(
+            f"assembling the index failed: {exc}; the platforms are pushed, make it again with "
+            f"`docker buildx imagetools create {again}`"
+        ) from None
     index_digest, digests = index_digests(inspected.stdout)
     for result in results:
         result.manifest_digest = digests.get(result.platform)

@@ -107,6 +107,15 @@ _REGISTRY_MARKERS = (
 )
 
 
+_DISK_FULL = "no space left on device"
+
+
+def disk_full(lines: Iterable[str]) -> str | None:
+    """The line of a build's output saying the node's disk is full, if any: a RUN step that hits it fails with
+    the step's own exit code, which alone would read as a Dockerfile error."""
+    return next((line.strip() for line in lines if _DISK_FULL in line.lower()), None)
+
+
 def classify_failure(error: str) -> FailureKind:
     """A Dockerfile or registry error is never retried; a node or connection fault is retried once on another
     node."""

@@ -65,6 +65,8 @@ class PlatformResult:
             "steps": self.steps,
             "cached_steps": self.cached_steps,
             "manifest_digest": self.manifest_digest,
+            # What buildx pushed (by digest): with it the user can make the index again when nodefleet could not.
+            "pushed_digest": self.metadata.get("containerimage.digest"),
             "error": self.error,
             "error_kind": self.error_kind.value if self.error_kind else None,
             "attempts": [attempt.as_json() for attempt in self.attempts],

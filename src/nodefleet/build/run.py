@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from nodefleet.build.options import BuildOptions
 from nodefleet.build.output import StepCounter
-from nodefleet.redact import shown_command
+from nodefleet.redact import mask, secret_values, shown_command
 from nodefleet.runner import kill_and_reap, kill_group, start
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ async def run_streaming(
     or when `lost` answers (the node stopped answering: its reason is kept in the result). With `hold`, its lines
     are kept back until `hold` answers True (a buildx started before its node was chosen), and dropped otherwise."""
     log.debug("run %s", shown_command(argv))
+    secrets = secret_values(argv)  # BuildKit shows RUN steps with their build arguments expanded
     started = time.monotonic()
     process = await start(
         argv, stdin=stdin is not None, stdout=not options.inherit_stdout, stderr=not inherit_stderr, env=env
@@ -68,7 +69,7 @@ async def run_streaming(
         if process.stderr is None:
             return
         while raw := await process.stderr.readline():
-            line = raw.decode(errors="replace").rstrip("\r\n")
+            line = mask(raw.decode(errors="replace").rstrip("\r\n"), secrets)
             lines.append(line)
             counter.feed(line)
             show.line(line)

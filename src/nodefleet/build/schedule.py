@@ -18,7 +18,7 @@ from nodefleet.build.argv import platform_argv, platform_slug, progress_mode
 from nodefleet.build.checks import Checks
 from nodefleet.build.context import Context
 from nodefleet.build.early import Early
-from nodefleet.build.output import FailureKind, classify_failure, error_text
+from nodefleet.build.output import FailureKind, classify_failure, disk_full, error_text
 from nodefleet.build.report import Attempt, PlatformResult
 from nodefleet.build.routing import Choice, retry_node
 from nodefleet.build.run import Run, run_streaming
@@ -240,6 +240,10 @@ def _take_run(ctx: Context, job: Job, attempt: Attempt, run: Run) -> None:
         return
     attempt.error = error_text(run.lines) or f"buildx exited {run.exit_status}"
     attempt.error_kind = classify_failure(attempt.error)
+    full = disk_full(run.lines)
+    if full is not None:  # the node's fault, not the Dockerfile's: another node may build it
+        attempt.error = f"{attempt.node}'s disk is full: {full}"
+        attempt.error_kind = FailureKind.INFRASTRUCTURE
 
 
 def _metadata_file(ctx: Context, job: Job) -> Path:
