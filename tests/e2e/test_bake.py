@@ -272,3 +272,25 @@ def test_a_node_cut_mid_bake_moves_its_job_to_the_standby(
     finally:
         up = fleet.run("up", "--json")  # arm64-1 back, healthy
         assert up.exit_code == 0, up.stdout
+
+
+def test_a_dockerfile_error_fails_its_target_and_names_what_it_kept_from_starting(fleet: Fleet, tmp_path: Path) -> None:
+    folder = project(tmp_path)
+    (folder / "base.Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nRUN echo broken && exit 3\n")
+    nonce = uuid.uuid4().hex
+    (folder / "broken.hcl").write_text(
+        f'target "base" {{\n  dockerfile = "base.Dockerfile"\n  platforms = ["linux/amd64"]\n'
+        f'  args = {{ BASE = "{fleet.base}" }}\n}}\n'
+        f'target "app" {{\n  dockerfile = "app.Dockerfile"\n  contexts = {{ base = "target:base" }}\n'
+        f'  platforms = ["linux/amd64"]\n  args = {{ NAME = "app", GREETING = "{nonce}" }}\n}}\n'
+        f'target "tool" {{\n  dockerfile = "leaf.Dockerfile"\n  platforms = ["linux/amd64"]\n'
+        f'  args = {{ BASE = "{fleet.base}", NAME = "tool", GREETING = "{nonce}" }}\n}}\n'
+        'group "default" { targets = ["base", "app", "tool"] }\n'
+    )
+    run = fleet.run("bake", "--json", "-f", "broken.hcl", cwd=folder)
+    assert run.exit_code == 1, run.stdout + run.stderr
+    found = {result["target"]: result for result in run.json["platforms"]}
+    assert found["base"]["status"] == "failed" and found["base"]["error_kind"] == "dockerfile"
+    assert len(found["base"]["attempts"]) == 1  # a Dockerfile error is not retried
+    assert found["app"]["status"] == "not built" and found["app"]["error"] == "not started: base failed (linux/amd64)"
+    assert found["tool"]["status"] == "built"  # another job goes on
