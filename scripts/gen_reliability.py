@@ -96,7 +96,7 @@ def verdict(row: Mapping[str, Any]) -> str:
 
 
 def _commit(row: Mapping[str, Any]) -> str:
-    commit = str(row.get("commit") or "unknown")[:10]
+    commit = "..".join(part[:10] for part in str(row.get("commit") or "unknown").split(".."))
     clean = row.get("tree_clean")
     return f"{commit} ({'clean' if clean else 'unknown tree' if clean is None else '**changed tree**'})"
 
