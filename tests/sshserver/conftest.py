@@ -55,7 +55,7 @@ def local_client(monkeypatch: pytest.MonkeyPatch) -> None:
     if real_client():
         return
 
-    async def stub(timeout: float = 30.0) -> Client:
+    async def stub(timeout: float = 30.0, *, versions: bool = True) -> Client:
         return STUB_CLIENT
 
     monkeypatch.setattr("nodefleet.fleet.work.check_client", stub)

@@ -85,7 +85,7 @@ async def _bake(ctx: Context, request: BakeRequest, definition: Definition, repo
     checks = Checks(ctx.inventory, ctx.options, ctx.cache)
     stack = asyncio.ensure_future(load_ssh_stack())
     try:
-        await check_client()
+        await check_client(versions=False)
         await stack
         wanted = set(hosts_to_check(base, request.platforms, request.allow_emulation or not request.platforms))
         checks.start(view for view in base if view.name in wanted)

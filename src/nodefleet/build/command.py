@@ -65,7 +65,7 @@ async def _build(ctx: Context, report: BuildReport) -> None:
     early = await start_early(ctx, base)
     stack = asyncio.ensure_future(load_ssh_stack())
     try:
-        await check_client()
+        await check_client(versions=False)
         await stack
         checks.start(view for view in base if view.name in wanted)
         selection = await checks.settle(
