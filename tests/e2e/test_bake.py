@@ -283,7 +283,7 @@ def test_a_dockerfile_error_fails_its_target_and_names_what_it_kept_from_startin
         f'  args = {{ BASE = "{fleet.base}" }}\n}}\n'
         f'target "app" {{\n  dockerfile = "app.Dockerfile"\n  contexts = {{ base = "target:base" }}\n'
         f'  platforms = ["linux/amd64"]\n  args = {{ NAME = "app", GREETING = "{nonce}" }}\n}}\n'
-        f'target "tool" {{\n  dockerfile = "leaf.Dockerfile"\n  platforms = ["linux/amd64"]\n'
+        f'target "tool" {{\n  dockerfile = "leaf.Dockerfile"\n  platforms = ["linux/arm64"]\n'
         f'  args = {{ BASE = "{fleet.base}", NAME = "tool", GREETING = "{nonce}" }}\n}}\n'
         'group "default" { targets = ["base", "app", "tool"] }\n'
     )
@@ -293,4 +293,4 @@ def test_a_dockerfile_error_fails_its_target_and_names_what_it_kept_from_startin
     assert found["base"]["status"] == "failed" and found["base"]["error_kind"] == "dockerfile"
     assert len(found["base"]["attempts"]) == 1  # a Dockerfile error is not retried
     assert found["app"]["status"] == "not built" and found["app"]["error"] == "not started: base failed (linux/amd64)"
-    assert found["tool"]["status"] == "built"  # another job goes on
+    assert found["tool"]["status"] == "built"  # a job on another node goes on

@@ -118,7 +118,7 @@ async def _bake(ctx: Context, request: BakeRequest, definition: Definition, repo
         report.platforms = [result for job in scheduled for result in (job.result, *job.others)]
         await ctx.mark_used({job.choice.node for job in scheduled})
         await run_jobs(ctx, scheduled, checks, {}, limits)
-        await _remember_nodes(ctx, scheduled)
+        await _remember_nodes(ctx, definition, jobs, report)
         await _finish(ctx, request, definition, report)
     finally:
         stack.cancel()
@@ -144,14 +144,15 @@ async def _schedule(
     jobs: Sequence[BakeJob],
     choices: Sequence[Choice],
 ) -> tuple[list[Job], dict[str, int]]:
-    """Each job on a node: a platform's jobs spread over its healthy native nodes by capacity (an emulated platform
-    goes to the one node chosen for it), preferring the node that last built the job."""
+    """A platform's jobs spread over its healthy native nodes by capacity (an emulated platform goes to the one node
+    chosen for it), preferring the node that last built each. The jobs a node takes run as one `buildx bake` of at
+    most `max_jobs` of them (BuildKit builds them side by side, as for plain bake, and one client process per node
+    leaves the CPUs to BuildKit); a node with more runs its batches one after another."""
     chosen = {choice.platform: choice for choice in choices}
     last = ctx.state.build_record.load().get("bake") or {}
     definition_file = ctx.tmp / "definition.json"
     definition_file.write_text(json.dumps(definition.document))
     platforms_of = {name: sum(1 for job in jobs if name in job.targets) for name in definition.requested}
-    limits: dict[str, int] = {}
     scheduled: list[Job] = []
     for platform, choice in chosen.items():
         mine = [job for job in jobs if job.platform == platform]
@@ -159,18 +160,20 @@ async def _schedule(
         if choice.emulated or not natives:
             natives = [ctx.views[choice.node]]
         capacities = [capacity(ctx.hosts[view.name], view.cpus) for view in sorted(natives, key=lambda v: v.order)]
-        limits.update((cap.node, cap.max_jobs) for cap in capacities)
         assigned = spread([job.key for job in mine], capacities, last)
-        for job in mine:
-            argv = functools.partial(_argv, str(definition_file), job, definition, request, platforms_of)
-            node = assigned[job.key]
-            results = [
-                PlatformResult(platform, node=node, target=name, emulated=choice.emulated) for name in job.targets
-            ]
-            scheduled.append(
-                Job(Choice(platform, node, choice.emulated), results[0], argv, job.key, results[1:], stops_others=False)
-            )
-    return scheduled, limits
+        for cap in capacities:
+            taken = [job for job in mine if assigned[job.key] == cap.node]
+            for start in range(0, len(taken), cap.max_jobs):
+                batch = taken[start : start + cap.max_jobs]
+                merged = BakeJob(tuple(name for job in batch for name in job.targets), platform)
+                argv = functools.partial(_argv, str(definition_file), merged, definition, request, platforms_of)
+                results = [
+                    PlatformResult(platform, node=cap.node, target=name, emulated=choice.emulated)
+                    for name in merged.targets
+                ]
+                chosen_node = Choice(platform, cap.node, choice.emulated)
+                scheduled.append(Job(chosen_node, results[0], argv, merged.key, results[1:], stops_others=False))
+    return scheduled, dict.fromkeys((job.choice.node for job in scheduled), 1)
 
 
 def _argv(
@@ -199,13 +202,16 @@ def _argv(
     )
 
 
-async def _remember_nodes(ctx: Context, jobs: Sequence[Job]) -> None:
-    """Record the node each built job ran on: the next bake prefers it (its cache is there)."""
+async def _remember_nodes(ctx: Context, definition: Definition, jobs: Sequence[BakeJob], report: BuildReport) -> None:
+    """Record the node each group of targets was built on, per platform: the next bake prefers it (its cache is
+    there)."""
+    built = {(r.target, r.platform): r.node for r in report.platforms if r.status == "built" and r.node}
     async with ctx.state.build_record.update() as record:
         section = record.setdefault("bake", {})
         for job in jobs:
-            if job.result.status == "built" and job.result.node:
-                section[job.key] = job.result.node
+            nodes = {built.get((name, job.platform)) for name in job.targets}
+            if len(nodes) == 1 and None not in nodes:
+                section[job.key] = nodes.pop()
 
 
 async def _finish(ctx: Context, request: BakeRequest, definition: Definition, report: BuildReport) -> None:
