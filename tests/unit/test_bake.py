@@ -180,22 +180,3 @@ def test_a_job_goes_back_to_its_last_node_while_the_balance_allows() -> None:
 
 def test_default_max_jobs() -> None:
     assert (default_max_jobs(None), default_max_jobs(1), default_max_jobs(8)) == (2, 2, 16)
-
-
-def test_targets_built_with_a_failed_one_are_not_started_because_of_it() -> None:
-    from nodefleet.build.bake import not_started
-    from nodefleet.build.report import Attempt, BuildReport, PlatformResult
-
-    attempts = [Attempt("amd64-1", "failed")]
-    base = PlatformResult(AMD, target="base", status="failed", attempts=attempts)
-    base.error = "ERROR: target base: failed to solve: process did not complete successfully: exit code: 3"
-    app = PlatformResult(AMD, target="app", status="failed", error=base.error, attempts=attempts)
-    tool = PlatformResult(AMD, target="tool", status="built", attempts=[Attempt("amd64-1", "built")])
-    report = BuildReport("fleet", [base, app, tool], command="bake")
-    not_started(report)
-    assert (base.status, app.status, app.error, tool.status) == (
-        "failed",
-        "not built",
-        "not started: base failed (linux/amd64)",
-        "built",
-    )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,11 +35,10 @@ from nodefleet.build.spread import capacity, spread
 from nodefleet.client import check_client, require_programs
 from nodefleet.errors import UsageError
 from nodefleet.inventory import Inventory
+from nodefleet.redact import mask, secret_values
 from nodefleet.runner import run_local
 from nodefleet.state import BuilderState, default_state_dir
 from nodefleet.target import load_ssh_stack
-
-_FAILED_TARGET = re.compile(r"\btarget ([A-Za-z0-9_.-]+): ")
 
 
 async def read_definition(request: BakeRequest) -> Definition:
@@ -220,7 +218,6 @@ async def _finish(ctx: Context, request: BakeRequest, definition: Definition, re
         metadata = result.metadata
         if result.target and isinstance(metadata.get(result.target), dict):
             result.metadata = dict(metadata[result.target])
-    not_started(report)
     failed = [r for r in report.platforms if r.status != "built"]
     if failed:
         report.failure = f"{len(failed)} of {len(report.platforms)} target platforms not built"
@@ -237,26 +234,11 @@ async def _finish(ctx: Context, request: BakeRequest, definition: Definition, re
             continue
         report.indexes.append({"target": name, "names": list(names), "index_digest": digest})
     if request.metadata_file:
-        _write_metadata(Path(request.metadata_file), definition, report)
+        secrets = secret_values([*request.passthrough, *(w for value in request.sets for w in ("--set", value))])
+        _write_metadata(Path(request.metadata_file), definition, report, secrets)
 
 
-def not_started(report: BuildReport) -> None:
-    """Targets built together with one that failed were not started because of it: buildx names the failing target
-    (`target base: failed to solve`); the others of its job say so. When buildx does not say, all stay failed."""
-    for result in report.platforms:
-        if result.status != "failed" or not result.error:
-            continue
-        match = _FAILED_TARGET.search(result.error)
-        culprit = match.group(1) if match else None
-        together = [r for r in report.platforms if r.platform == result.platform and r.attempts is result.attempts]
-        if culprit is None or culprit not in {r.target for r in together}:
-            continue
-        for other in together:
-            if other.target != culprit:
-                other.status, other.error = "not built", f"not started: {culprit} failed ({other.platform})"
-
-
-def _write_metadata(path: Path, definition: Definition, report: BuildReport) -> None:
+def _write_metadata(path: Path, definition: Definition, report: BuildReport, secrets: Sequence[str]) -> None:
     """One metadata file for the whole bake: per target, its index digest (when pushed) and each platform's own
     metadata under `nodefleet.platforms`."""
     indexes = {index["target"]: index["index_digest"] for index in report.indexes}
@@ -267,4 +249,4 @@ def _write_metadata(path: Path, definition: Definition, report: BuildReport) -> 
         if indexes.get(name):
             entry["containerimage.digest"] = indexes[name]
         merged[name] = entry
-    path.write_text(json.dumps(merged, indent=2) + "\n")
+    path.write_text(mask(json.dumps(merged, indent=2), secrets) + "\n")

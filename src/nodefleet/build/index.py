@@ -13,6 +13,7 @@ from nodefleet.build.output import index_digests, merge_metadata
 from nodefleet.build.report import BuildReport, PlatformResult
 from nodefleet.buildx.argv import imagetools_create_argv, imagetools_inspect_argv
 from nodefleet.errors import CommandError
+from nodefleet.redact import mask, secret_values
 from nodefleet.runner import run_local
 
 INDEX_TIMEOUT = 300.0  # seconds for `imagetools create`: a registry that stops answering must not hang the build
@@ -86,4 +87,6 @@ def write_metadata(ctx: Context, report: BuildReport) -> None:
     per_platform = {result.platform: result.metadata for result in report.platforms if result.metadata}
     nodes = {result.platform: result.node or "" for result in report.platforms}
     merged = merge_metadata(per_platform, nodes, index_digest=report.index_digest, names=report.names)
-    Path(request.metadata_file).write_text(json.dumps(merged, indent=2) + "\n")
+    # buildx 0.29's provenance in the metadata holds the build arguments: secret ones are masked there too.
+    secrets = secret_values(list(request.passthrough))
+    Path(request.metadata_file).write_text(mask(json.dumps(merged, indent=2), secrets) + "\n")
