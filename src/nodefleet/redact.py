@@ -68,7 +68,7 @@ def secret_values(argv: Sequence[str]) -> list[str]:
         name = name.rsplit(".args.", 1)[-1] if option.startswith("--set") else name
         if sep and len(secret) >= 4 and secret_name(name) and (option.startswith("--build-arg") or ".args." in text):
             found.append(secret)
-    return sorted(set(found), key=len, reverse=True)
+    return sorted(set(found), key=lambda value: (-len(value), value))
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
