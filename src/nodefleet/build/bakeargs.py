@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodefleet.build.cmdline import OWN_FLAG_OPTIONS, OWN_VALUE_OPTIONS, TRUE_VALUES, check_repository, known_platforms
+from nodefleet.build.cmdline import TRUE_VALUES, check_repository, known_platforms, split_command_line
 from nodefleet.errors import UsageError
 
 # `docker buildx bake` options that take a value (v0.13 to v0.3x).
@@ -53,29 +53,7 @@ class BakeRequest:
 
 def split_bake_line(args: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separate nodefleet's own options from `docker buildx bake`'s, keeping each side's order."""
-    own: list[str] = []
-    rest: list[str] = []
-    index = 0
-    while index < len(args):
-        word = args[index]
-        index += 1
-        name = word.split("=", 1)[0]
-        if word == "--":
-            rest += args[index - 1 :]
-            break
-        if name in OWN_FLAG_OPTIONS and "=" not in word:
-            own.append(word)
-        elif name in OWN_VALUE_OPTIONS or (word.startswith("-i") and not word.startswith("--")):
-            own.append(word)
-            if "=" not in word and word in OWN_VALUE_OPTIONS and index < len(args):
-                own.append(args[index])
-                index += 1
-        else:
-            rest.append(word)
-            if _takes_value(word) and index < len(args):
-                rest.append(args[index])
-                index += 1
-    return own, rest
+    return split_command_line(args, _takes_value)
 
 
 def _takes_value(word: str) -> bool:

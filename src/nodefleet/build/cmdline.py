@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nodefleet.errors import UsageError
@@ -76,11 +76,15 @@ BUILDX_SHORT = {"f": "file", "o": "output", "t": "tag", "q": "quiet", "m": "memo
 TRUE_VALUES = {"1", "t", "true", "yes", "on"}
 
 
-def split_command_line(args: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate nodefleet's own options from `docker buildx build`'s, keeping each side's order.
+def split_command_line(
+    args: Sequence[str], takes_value: Callable[[str], bool] | None = None
+) -> tuple[list[str], list[str]]:
+    """Separate nodefleet's own options from `docker buildx build`'s (or, with bake's `takes_value`, `bake`'s),
+    keeping each side's order.
 
     Values of buildx options are skipped over, so `--label --json` or `-f -i.Dockerfile` stay buildx's.
     """
+    takes_value = takes_value or _takes_next_value
     own: list[str] = []
     rest: list[str] = []
     index = 0
@@ -100,7 +104,7 @@ def split_command_line(args: Sequence[str]) -> tuple[list[str], list[str]]:
                 index += 1
         else:
             rest.append(word)
-            if _takes_next_value(word) and index < len(args):
+            if takes_value(word) and index < len(args):
                 rest.append(args[index])
                 index += 1
     return own, rest

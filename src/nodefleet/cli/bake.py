@@ -6,7 +6,17 @@ from __future__ import annotations
 import click
 
 from nodefleet.cli.build import build_progress, render_build
-from nodefleet.cli.common import inventory_option, json_option, load, parallel_option, run, write_err
+from nodefleet.cli.common import (
+    allow_emulation_option,
+    cache_ref_option,
+    inventory_option,
+    json_option,
+    load,
+    parallel_option,
+    platform_option,
+    run,
+    write_err,
+)
 
 
 class _BakeCommand(click.Command):
@@ -30,24 +40,9 @@ class _BakeCommand(click.Command):
 @inventory_option
 @json_option
 @parallel_option
-@click.option(
-    "--platform",
-    "platforms",
-    multiple=True,
-    metavar="PLATFORM[,PLATFORM]",
-    help="Platforms of every target (default: each target's own, else every platform of a healthy node).",
-)
-@click.option(
-    "--allow-emulation",
-    is_flag=True,
-    help="Build a platform with no healthy native node under QEMU on another node (reported as emulated).",
-)
-@click.option(
-    "--cache-ref",
-    metavar="REPO",
-    default=None,
-    help="Registry cache per target and platform: cache-from and cache-to REPO:<target>-<platform>, mode=max.",
-)
+@platform_option("Platforms of every target (default: each target's own, else every platform of a healthy node).")
+@allow_emulation_option
+@cache_ref_option("Registry cache per target and platform: cache-from and cache-to REPO:<target>-<platform>, mode=max.")
 @click.pass_context
 def bake_command(
     ctx: click.Context,

@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from nodefleet.cli.common import console, inventory_option, json_option, load, parallel_option, run, write_err
+from nodefleet.cli.common import (
+    allow_emulation_option,
+    cache_ref_option,
+    console,
+    inventory_option,
+    json_option,
+    load,
+    parallel_option,
+    platform_option,
+    run,
+    write_err,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -41,24 +52,9 @@ def build_progress(label: str, line: str) -> None:
 @inventory_option
 @json_option
 @parallel_option
-@click.option(
-    "--platform",
-    "platforms",
-    multiple=True,
-    metavar="PLATFORM[,PLATFORM]",
-    help="Target platforms (default: every platform of a healthy node).",
-)
-@click.option(
-    "--allow-emulation",
-    is_flag=True,
-    help="Build a platform with no healthy native node under QEMU on another node (reported as emulated).",
-)
-@click.option(
-    "--cache-ref",
-    metavar="REPO",
-    default=None,
-    help="Registry cache per platform: cache-from and cache-to REPO:<platform>, mode=max.",
-)
+@platform_option("Target platforms (default: every platform of a healthy node).")
+@allow_emulation_option
+@cache_ref_option("Registry cache per platform: cache-from and cache-to REPO:<platform>, mode=max.")
 @click.pass_context
 def build_command(
     ctx: click.Context,

@@ -121,6 +121,23 @@ parallel_option = click.option(
 )
 
 
+allow_emulation_option = click.option(
+    "--allow-emulation",
+    is_flag=True,
+    help="Build a platform with no healthy native node under QEMU on another node (reported as emulated).",
+)
+
+
+def platform_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--platform, repeatable, comma-separated."""
+    return click.option("--platform", "platforms", multiple=True, metavar="PLATFORM[,PLATFORM]", help=help_text)
+
+
+def cache_ref_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--cache-ref REPO."""
+    return click.option("--cache-ref", metavar="REPO", default=None, help=help_text)
+
+
 def write_err(text: str) -> None:
     """One line on stderr, at once."""
     sys.stderr.write(text + "\n")
