@@ -1365,6 +1365,12 @@ def fill(fleet: FaultFleet, host: str) -> int:
 
 # Known defects of `nodefleet build` (src/nodefleet/build/, another engineer's): each test checks the promise in full
 # and records the broken row; strict, so a fix makes the test fail until the mark goes.
+@pytest.mark.xfail(
+    strict=True,
+    reason="a step that fills the node's disk fails with buildx's `exit code: 1` alone: the lab's progress lines never "
+    "carry `No space left on device`, so the attempt reads as a Dockerfile error and is not retried (next: ask the "
+    "node's free space after a failed step, issue 15's min_free)",
+)
 def test_disk_full_during_a_build(fleet: FaultFleet, record: Any) -> None:
     rec = record("build/disk-full")
     rec.ready()
