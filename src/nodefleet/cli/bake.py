@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from nodefleet.cli.build import build_progress, render_build
+from nodefleet.cli.build import PassThroughCommand, build_progress, render_build
 from nodefleet.cli.common import (
     allow_emulation_option,
     cache_ref_option,
@@ -19,16 +19,13 @@ from nodefleet.cli.common import (
 )
 
 
-class _BakeCommand(click.Command):
+class _BakeCommand(PassThroughCommand):
     """Parses nodefleet's own options; every other argument is `docker buildx bake`'s."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def split(self, args: list[str]) -> tuple[list[str], list[str]]:
         from nodefleet.build.bakeargs import split_bake_line
 
-        own, rest = split_bake_line(args)
-        super().parse_args(ctx, own)
-        ctx.args = rest
-        return rest
+        return split_bake_line(args)
 
 
 @click.command(

@@ -27,13 +27,17 @@ if TYPE_CHECKING:
     from nodefleet.build.report import BuildReport, PlatformResult
 
 
-class _BuildCommand(click.Command):
-    """Parses nodefleet's own options; every other argument goes to `docker buildx build` untouched, in order."""
+class PassThroughCommand(click.Command):
+    """Parses nodefleet's own options; every other argument goes to buildx untouched, in order (`split` tells them
+    apart; imported when the command runs, so that `--help` stays fast)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def split(self, args: list[str]) -> tuple[list[str], list[str]]:
         from nodefleet.build.cmdline import split_command_line
 
-        own, rest = split_command_line(args)
+        return split_command_line(args)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        own, rest = self.split(args)
         super().parse_args(ctx, own)
         ctx.args = rest
         return rest
@@ -45,7 +49,7 @@ def build_progress(label: str, line: str) -> None:
 
 @click.command(
     "build",
-    cls=_BuildCommand,
+    cls=PassThroughCommand,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     options_metavar="[OPTIONS] [BUILDX BUILD OPTIONS] CONTEXT",
 )
