@@ -76,7 +76,7 @@ def test_unknown_machine_has_no_platform() -> None:
 def test_probe_script_is_probe_sh_after_its_quoted_arguments() -> None:
     script = probe_script(CONTAINER, image="img:1", known_instance="c0ffee now", facts=Facts.MACHINE)
     first, _, rest = script.partition("\n")
-    assert first == f"set -- {CONTAINER} 'c0ffee now' '' img:1 machine"
+    assert first == f"set -- {CONTAINER} 'c0ffee now' '' img:1 machine ''"
     assert rest == script_text("probe")
 
 
@@ -231,7 +231,7 @@ def test_a_known_boot_id_that_is_not_one_never_reaches_the_script() -> None:
         (
             Facts.FULL,
             {"state", "instance", "image", "cpus", "boot_id", "machine", "userland_bits", "os", "docker_cli"}
-            | {"server_version", "docker_root", "disk_free_kb"},
+            | {"server_version", "docker_root", "disk_path", "disk_free_kb", "disk_size_kb"},
         ),
     ],
 )
@@ -330,3 +330,33 @@ def test_the_probe_counts_the_hosts_cpus(shell: str, tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{path}:{os.environ['PATH']}"}
     out = run_script(shell, probe_script(CONTAINER, facts=Facts.NONE), env).stdout
     assert parse_facts(out).cpus == os.cpu_count()
+
+
+def test_a_running_node_tells_its_disk_and_asked_its_cache_without_host_facts(tmp_path: Path, shell: str) -> None:
+    """A build's quick check (no host facts) still learns the free space of the disk holding the node's state; the
+    cache's figures come from `buildctl du`'s summary lines, and only when asked."""
+    root = tmp_path / "data root"
+    volume = root / "volumes" / "buildx_buildkit_x_state" / "_data"
+    volume.mkdir(parents=True)
+    du = "ID RECLAIMABLE SIZE LAST ACCESSED\\nabc true 4.096kB 2 hours ago\\nReclaimable:\\t1.5GB\\nTotal:\\t\\t2.25GB"
+    stub = stub_docker(
+        tmp_path / "bin",
+        f'[ "$1" = inspect ] && echo "running c0ffee 2026-11-28T10:17:02Z img:v1 {volume}"\n'
+        f'[ "$1 $3 $4" = "exec buildctl du" ] && printf "{du}\\n"\nexit 0',
+    )
+    env = {"PATH": f"{stub}:/usr/bin:/bin"}
+    script = probe_script(CONTAINER, known_instance="c0ffee 2026-11-28T10:17:02Z", facts=Facts.NONE)
+    plain = parse_probe(run_script(shell, script, env).stdout)
+    assert plain.facts.disk_path == str(root) and plain.cache is None
+    assert plain.facts.disk_free_bytes is not None and plain.facts.disk_size_bytes is not None
+    assert plain.facts.disk_free_bytes <= plain.facts.disk_size_bytes
+    script = probe_script(CONTAINER, known_instance="c0ffee 2026-11-28T10:17:02Z", facts=Facts.NONE, cache=True)
+    asked = parse_probe(run_script(shell, script, env).stdout)
+    assert asked.cache is not None
+    assert (asked.cache.total_bytes, asked.cache.reclaimable_bytes) == (2_250_000_000, 1_500_000_000)
+
+
+def test_a_cache_buildkit_cannot_size_is_an_error_not_a_figure() -> None:
+    cache = parse_probe("state=running\ncache_error=buildctl: connection refused\n").cache
+    assert cache is not None and cache.error == "buildctl: connection refused" and cache.total_bytes is None
+    assert parse_probe("state=running\n").cache is None

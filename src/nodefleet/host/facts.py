@@ -10,6 +10,7 @@ from typing import Any
 
 from nodefleet.host.scripts import script
 from nodefleet.platforms import UnknownMachineError, join_platform, platform_for_machine
+from nodefleet.units import UnitError, parse_size
 
 BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -29,10 +30,12 @@ def probe_script(
     known_instance: str | None = None,
     known_boot: str | None = None,
     facts: Facts = Facts.FULL,
+    cache: bool = False,
 ) -> str:
-    """The probe (host/scripts/probe.sh) for one host. A `known_boot` that is not a boot id is not sent."""
+    """The probe (host/scripts/probe.sh) for one host. A `known_boot` that is not a boot id is not sent; with
+    `cache`, a running node's BuildKit is asked for its cache's size."""
     boot = known_boot if known_boot and BOOT_ID.fullmatch(known_boot) else ""
-    return script("probe", container, known_instance or "", boot, image or "", facts.value)
+    return script("probe", container, known_instance or "", boot, image or "", facts.value, "du" if cache else "")
 
 
 def parse_keys(output: str) -> dict[str, str]:
@@ -58,6 +61,8 @@ class HostFacts:
     disk_free_bytes: int | None = None
     boot_id: str | None = None
     cpus: int | None = None
+    disk_size_bytes: int | None = None
+    disk_path: str | None = None
 
     @property
     def platform(self) -> str | None:
@@ -96,6 +101,7 @@ def parse_facts(values: dict[str, str]) -> HostFacts:
     """The host's facts from the probe's keys."""
     bits_text = values.get("userland_bits", "")
     disk = values.get("disk_free_kb", "")
+    size = values.get("disk_size_kb", "")
     boot = values.get("boot_id", "")
     cpus = values.get("cpus", "")
     return HostFacts(
@@ -108,6 +114,8 @@ def parse_facts(values: dict[str, str]) -> HostFacts:
         disk_free_bytes=int(disk) * 1024 if disk.isdigit() else None,
         boot_id=boot if BOOT_ID.fullmatch(boot) else None,
         cpus=int(cpus) if cpus.isdigit() and int(cpus) > 0 else None,
+        disk_size_bytes=int(size) * 1024 if size.isdigit() else None,
+        disk_path=values.get("disk_path") or None,
     )
 
 
@@ -170,16 +178,45 @@ def _worker_platforms(text: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class CacheUsage:
+    """A node's BuildKit cache as `buildctl du` sums it: bytes in all, bytes that a prune may reclaim; `error` when
+    BuildKit could not say."""
+
+    total_bytes: int | None = None
+    reclaimable_bytes: int | None = None
+    error: str | None = None
+
+
+def parse_cache(values: dict[str, str]) -> CacheUsage | None:
+    """The cache figures, or None when they were not asked (or the node is not running)."""
+    if "cache_error" in values:
+        return CacheUsage(error=values["cache_error"] or "buildctl du failed without a word")
+    if "cache_total" not in values:
+        return None
+    return CacheUsage(_size(values.get("cache_total", "")), _size(values.get("cache_reclaimable", "")))
+
+
+def _size(text: str) -> int | None:
+    try:
+        return parse_size(text)
+    except UnitError:
+        return None
+
+
+@dataclass(frozen=True)
 class Probe:
-    """Everything one probe said: the host's facts, its node's health, whether the BuildKit image is there."""
+    """Everything one probe said: the host's facts, its node's health, whether the BuildKit image is there, and
+    (when asked) its cache."""
 
     facts: HostFacts
     health: NodeHealth
     image_present: bool | None
+    cache: CacheUsage | None = None
 
 
 def parse_probe(output: str) -> Probe:
     """The probe's output as facts, health and the image answer (None when it was not asked)."""
     values = parse_keys(output)
     image = values.get("image")
-    return Probe(parse_facts(values), parse_node_health(values), None if image is None else image == "present")
+    present = None if image is None else image == "present"
+    return Probe(parse_facts(values), parse_node_health(values), present, parse_cache(values))

@@ -22,8 +22,10 @@ async def probe(
     timeout: float,
     image: str | None = None,
     facts: Facts = Facts.FULL,
+    cache_usage: bool = False,
 ) -> Probe:
-    """The host's facts, its node's health and (with `image`) whether that image is there, in one round trip."""
+    """The host's facts, its node's health and (with `image`) whether that image is there, in one round trip; with
+    `cache_usage`, the size of a running node's BuildKit cache as well."""
     address = f"{session.target.address}:{session.target.port or ''}"
     node_key = f"{address} {container_name(node)}"
     # A host's machine is cached under its address and SSH host key: the boot id alone does not tell hosts apart
@@ -37,6 +39,7 @@ async def probe(
         known_instance=cache.instance(node_key),
         known_boot=machine[0] if machine else None,
         facts=facts,
+        cache=cache_usage,
     )
     output = await session.run(script, timeout=timeout, check=True)
     answer = parse_probe(output.stdout)
