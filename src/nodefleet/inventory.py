@@ -28,6 +28,27 @@ class Registry:
 
 
 @dataclass(frozen=True)
+class CacheBudget:
+    """How much disk a node's BuildKit cache may take (bytes), how much the disk keeps free (bytes), and how long an
+    unused cache record is kept (seconds); None: BuildKit's own default for that part."""
+
+    max_size: int | None = None
+    min_free: int | None = None
+    keep_for: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(value is not None for value in (self.max_size, self.min_free, self.keep_for))
+
+    def over(self, other: CacheBudget) -> CacheBudget:
+        """This budget, with what it leaves unset taken from `other` (a host's own over the defaults)."""
+        return CacheBudget(
+            self.max_size if self.max_size is not None else other.max_size,
+            self.min_free if self.min_free is not None else other.min_free,
+            self.keep_for if self.keep_for is not None else other.keep_for,
+        )
+
+
+@dataclass(frozen=True)
 class Host:
     """One build host, with the defaults already applied."""
 
@@ -45,6 +66,7 @@ class Host:
     # node runs at once (None: from its CPU count).
     speed: float = 1.0
     max_jobs: int | None = None
+    cache: CacheBudget = CacheBudget()
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,7 @@ class Defaults:
     buildkit_image_archive: Path | None = None
     driver_opts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     buildkitd_config: Path | None = None
+    cache: CacheBudget = CacheBudget()
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,7 @@ _DEFAULT_KEYS = {
     "buildkit_image_archive",
     "driver_opts",
     "buildkitd_config",
+    "cache",
 }
 _HOST_KEYS = {
     "name",
@@ -107,6 +131,7 @@ _HOST_KEYS = {
     "driver_opts",
     "speed",
     "max_jobs",
+    "cache",
 }
 _REGISTRY_KEYS = {"ca_file", "mirrors", "insecure"}
 _TOP_KEYS = {"builder", "defaults", "hosts", "registries"}
@@ -157,6 +182,13 @@ def parse_inventory(data: Mapping[str, Any], path: Path) -> Inventory:
         if host is not None:
             hosts.append(host)
     _check_unique(problems, hosts)
+    budgeted = [host.name for host in hosts if host.cache]
+    if defaults.buildkitd_config is not None and budgeted:
+        problems.add(
+            "defaults.buildkitd_config",
+            f"a cache budget (hosts {', '.join(budgeted)}) is written into the buildkitd config nodefleet makes; "
+            "with your own file, put the gc policy in it instead and drop cache",
+        )
 
     if problems.lines:
         raise InventoryError(problems.lines)
@@ -193,6 +225,7 @@ def _parse_defaults(problems: values.Problems, table: Mapping[str, Any], base: P
         ),
         driver_opts=values.driver_opts(problems, "defaults.driver_opts", table.get("driver_opts")),
         buildkitd_config=values.path(problems, "defaults.buildkitd_config", table.get("buildkitd_config"), base),
+        cache=_cache_budget(problems, "defaults.cache", table.get("cache")),
     )
 
 
@@ -261,6 +294,7 @@ def _parse_host(problems: values.Problems, key: str, raw: Any, defaults: Default
     max_jobs = raw.get("max_jobs")
     if max_jobs is not None:
         max_jobs = int(values.positive(problems, f"{label}.max_jobs", max_jobs, 1, int, MAX_PARALLEL))
+    cache = _cache_budget(problems, f"{label}.cache", raw.get("cache"))
     if len(problems.lines) != before:
         return None
     return Host(
@@ -276,6 +310,20 @@ def _parse_host(problems: values.Problems, key: str, raw: Any, defaults: Default
         driver_opts=MappingProxyType(opts),
         speed=float(speed),
         max_jobs=max_jobs,
+        cache=cache.over(defaults.cache),
+    )
+
+
+def _cache_budget(problems: values.Problems, key: str, value: Any) -> CacheBudget:
+    """A cache budget: `{ max_size = "20GB", min_free = "5GB", keep_for = "168h" }`, every part optional."""
+    if value is None:
+        return CacheBudget()
+    table = values.table(problems, key, value)
+    values.unknown_keys(problems, key + ".", table, {"max_size", "min_free", "keep_for"})
+    return CacheBudget(
+        values.size(problems, key + ".max_size", table.get("max_size")),
+        values.size(problems, key + ".min_free", table.get("min_free")),
+        values.duration(problems, key + ".keep_for", table.get("keep_for")),
     )
 
 

@@ -26,6 +26,8 @@ class HostStatus(StrEnum):
     FAILED = "failed"
     DISABLED = "disabled"
     REMOVED = "removed"
+    PRUNED = "pruned"  # prune: the node's BuildKit cache was pruned
+    SKIPPED = "skipped"  # prune: the node could not be reached, or its BuildKit was not running
 
 
 @dataclass
@@ -47,6 +49,11 @@ class HostResult:
     error: str | None = None
     seconds: float = 0.0
     disk_free_bytes: int | None = None
+    # The disk holding the node's state (Docker's data root), and its BuildKit cache (`status` asks for it).
+    disk_size_bytes: int | None = None
+    cache_bytes: int | None = None
+    cache_reclaimable_bytes: int | None = None
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.status = HostStatus(self.status)  # a plain string from a caller is taken as the status it names
@@ -68,8 +75,29 @@ class HostResult:
         data["status"] = self.status.value
         data["pinned"] = list(self.pinned)
         data["changes"] = list(self.changes)
+        data["warnings"] = list(self.warnings)
         data["seconds"] = round(self.seconds, 3)
         return data
+
+
+@dataclass
+class PruneResult(HostResult):
+    """The outcome of `prune` for one node: the bytes BuildKit reclaimed, and the free space of the disk holding the
+    node's state before (`disk_free_bytes`) and after the prune."""
+
+    reclaimed_bytes: int | None = None
+    disk_free_after_bytes: int | None = None
+
+    @property
+    def pruned(self) -> bool:
+        """True when the node's cache was pruned."""
+        return self.status is HostStatus.PRUNED
+
+    def skip(self, message: str) -> None:
+        """The node could not be pruned (unreachable, or no running BuildKit): skipped, with the reason."""
+        if self.status is HostStatus.PENDING:
+            self.status = HostStatus.SKIPPED
+            self.error = message
 
 
 def envelope(command: str, builder: str, *, ok: bool, seconds: float) -> dict[str, Any]:

@@ -163,7 +163,8 @@ class JsonRecord:
 
 class BuilderState:
     """The files of one builder, in `<state dir>/builders/<builder>/`: its lock, the record of what `up` applied
-    to each node, backups of buildx's builder file, the generated buildkitd.toml, the build and helper records."""
+    to each node, backups of buildx's builder file, the generated buildkitd.toml (and `nodes/<node>.buildkitd.toml`
+    for nodes with a cache budget), the build and helper records."""
 
     def __init__(self, state_dir: Path, builder: str) -> None:
         self.root = state_dir
@@ -172,6 +173,7 @@ class BuilderState:
         self.record_file = self.dir / "record.json"
         self.backup_dir = self.dir / "backups"
         self.buildkitd_config = self.dir / "buildkitd.toml"
+        self.node_config_dir = self.dir / "nodes"
         self.lock = FileLock(self.dir / "builder.lock", f"another nodefleet up, down or build on builder {builder}")
         self.build_record = JsonRecord(self.dir / "build.json", f"another nodefleet build of {builder}", ("nodes",))
         self.helper_record = JsonRecord(
@@ -240,3 +242,10 @@ class BuilderState:
         may be opening would split the lock in two."""
         for path in (self.record_file, self.build_record.path, self.helper_record.path, self.buildkitd_config):
             path.unlink(missing_ok=True)
+        if self.node_config_dir.is_dir():
+            for path in self.node_config_dir.glob("*.buildkitd.toml"):
+                path.unlink(missing_ok=True)
+
+    def node_config(self, node: str) -> Path:
+        """The buildkitd.toml of one node with a config of its own (a cache budget)."""
+        return self.node_config_dir / f"{node}.buildkitd.toml"

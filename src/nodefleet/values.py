@@ -10,6 +10,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from nodefleet.units import UnitError, parse_duration, parse_size
+
 # Every value that can reach a shell or a buildx flag is held to one of these patterns; nothing else is
 # accepted, so quoting is a second line of defence rather than the only one. Always `fullmatch` (with `match`, `$`
 # also matches before a trailing newline), so the patterns carry no anchors of their own.
@@ -137,6 +139,35 @@ def positive(
         problems.add(key, f"must be {what}{limit}, got {value!r}")
         return default
     return kind(value)
+
+
+def size(problems: Problems, key: str, value: Any) -> int | None:
+    """A size in bytes: "20GB", "512MiB" (a string with a unit), or a positive integer of bytes."""
+    return _measure(problems, key, value, parse_size, '"20GB"', "more than nothing")
+
+
+def duration(problems: Problems, key: str, value: Any) -> int | None:
+    """A duration in seconds: "168h", "7d", "1h30m", or a positive integer of seconds."""
+    return _measure(problems, key, value, parse_duration, '"168h"', "longer than nothing")
+
+
+def _measure(
+    problems: Problems, key: str, value: Any, parse: Callable[[str], int], example: str, nonzero: str
+) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        problems.add(key, f"must be a string such as {example}, got {value!r}")
+        return None
+    try:
+        parsed = parse(str(value))
+    except UnitError as exc:
+        problems.add(key, str(exc))
+        return None
+    if parsed <= 0:
+        problems.add(key, f"{value!r}: must be {nonzero}")
+        return None
+    return parsed
 
 
 def path(problems: Problems, key: str, value: Any, base: Path) -> Path | None:

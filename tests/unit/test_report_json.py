@@ -11,6 +11,8 @@ from nodefleet.results import HostResult, HostStatus
 HOST_KEYS = {
     "name", "address", "platform", "pinned", "role", "os", "engine", "buildkit", "native_platform",
     "status", "action", "changes", "error", "seconds", "disk_free_bytes",
+    # issue 15 (node care): the disk holding the node's state, its cache, and what `up` warns of
+    "disk_size_bytes", "cache_bytes", "cache_reclaimable_bytes", "warnings",
 }  # fmt: skip
 
 

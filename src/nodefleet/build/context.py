@@ -18,7 +18,7 @@ from nodefleet.build.checks import Checks, NodeCheck
 from nodefleet.build.cmdline import BuildRequest
 from nodefleet.build.options import BuildOptions
 from nodefleet.build.routing import NodeView
-from nodefleet.buildx.config import config_digest, resolve_buildkitd_config
+from nodefleet.buildx.config import applied_node_config, config_digest
 from nodefleet.buildx.gateway import Gateway, buildx_environment, socket_path
 from nodefleet.buildx.helpers import GATEWAYS, HELPERS, helper_name, make_helper, up_to_date
 from nodefleet.buildx.nodes import NodeSpec, node_spec
@@ -52,8 +52,7 @@ class Context:
     def __post_init__(self) -> None:
         self.hosts = {host.name: host for host in self.inventory.enabled_hosts}
         self.cache = ProbeCache(self.state.root)
-        self.config = resolve_buildkitd_config(self.inventory, self.state)
-        self.digest = config_digest(self.config)
+        self.configs: dict[str, tuple[Path | None, str]] = {}
         self.gateway_env = buildx_environment(self.state.root)
         self.helper_lock = asyncio.Lock()
         self.session_lock = asyncio.Lock()
@@ -82,9 +81,16 @@ class Context:
             self.gateways[node] = gateway if served else None
         return self.gateways[node]
 
+    def config(self, node: str) -> tuple[Path | None, str]:
+        """The buildkitd config (and its digest) `up` gave the node."""
+        if node not in self.configs:
+            path = applied_node_config(self.inventory, self.state, self.hosts[node])
+            self.configs[node] = (path, config_digest(path))
+        return self.configs[node]
+
     def spec(self, node: str, platforms: tuple[str, ...], *, gateway: bool) -> NodeSpec:
         """The node of a helper builder: the node as `up` makes it, reached through its door or over ssh://."""
-        spec = node_spec(self.hosts[node], platforms, self.config, self.digest)
+        spec = node_spec(self.hosts[node], platforms, *self.config(node))
         if not gateway:
             return spec
         return replace(spec, endpoint=f"unix://{socket_path(self.state.root, self.inventory.builder, node)}")

@@ -1,5 +1,10 @@
-"""The buildkitd.toml every node gets (the inventory's own, or one rendered from [registries]) and its digest,
-which tells `up` when a node's config changed."""
+"""The buildkitd.toml each node gets (the inventory's own, or one rendered from [registries] and the host's cache
+budget) and its digest, which tells `up` when a node's config changed.
+
+A cache budget becomes the node's garbage-collection policy in the form its BuildKit reads: before v0.17, rules
+with `keepBytes` (the cache's size after a collection) and `keepDuration`; from v0.17, `maxUsedSpace` and
+`minFreeSpace`. BuildKit from v0.17 still reads the older form (`keepBytes` as `reservedSpace`, the same behaviour),
+so a node whose BuildKit version is not known yet gets the older form, and the newer one once its version is seen."""
 
 from __future__ import annotations
 
@@ -10,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from nodefleet.errors import UsageError
-from nodefleet.inventory import Inventory, Registry
+from nodefleet.inventory import CacheBudget, Host, Inventory, Registry
 from nodefleet.state import BuilderState, private_dir, write_private
+from nodefleet.units import human_duration
+
+CURRENT_GC_FROM = (0, 17)  # the first BuildKit with reservedSpace / maxUsedSpace / minFreeSpace
+DEFAULT_CAP = "10%"  # BuildKit's own cap on its cache, as a share of the disk, when a budget names no size
 
 
 def resolve_buildkitd_config(inventory: Inventory, state: BuilderState) -> Path | None:
@@ -26,6 +35,73 @@ def resolve_buildkitd_config(inventory: Inventory, state: BuilderState) -> Path 
     if not path.exists() or path.read_text() != text:
         write_private(path, text.encode())
     return path
+
+
+def node_config(inventory: Inventory, state: BuilderState, host: Host, version: str | None) -> Path | None:
+    """The buildkitd.toml `up` gives this host's node: the builder's own file, or, for a host with a cache budget,
+    one of its own with the budget's policy in the form its BuildKit (`version`, None: not known) reads."""
+    if not host.cache or inventory.defaults.buildkitd_config is not None:  # the inventory refuses both at once
+        return resolve_buildkitd_config(inventory, state)
+    text = render_buildkitd_config(inventory.registries) + render_gc_policy(host.cache, current_gc(version))
+    path = state.node_config(host.name)
+    private_dir(path.parent)
+    if not path.exists() or path.read_text() != text:
+        write_private(path, text.encode())
+    return path
+
+
+def applied_node_config(inventory: Inventory, state: BuilderState, host: Host) -> Path | None:
+    """The buildkitd.toml the last `up` gave this host's node (a build makes its helper nodes the same)."""
+    if not host.cache or inventory.defaults.buildkitd_config is not None:
+        return resolve_buildkitd_config(inventory, state)
+    path = state.node_config(host.name)
+    return path if path.exists() else None
+
+
+def current_gc(version: str | None) -> bool:
+    """True when this BuildKit version (`v0.17.3`, `v0.13.2+ds1`) reads the newer gc settings."""
+    numbers = (version or "").lstrip("v").split("-")[0].split("+")[0].split(".")
+    try:
+        return (int(numbers[0]), int(numbers[1])) >= CURRENT_GC_FROM
+    except (ValueError, IndexError):
+        return False
+
+
+def render_gc_policy(budget: CacheBudget, current: bool) -> str:
+    """The [worker.oci] gc settings for a cache budget (the docker-container driver runs BuildKit's OCI worker).
+
+    Two rules, in order: records unused for longer than keep_for go first; then the cache is brought under
+    max_size (and, from v0.17, the disk to min_free), least recently used first. Sizes in bytes and durations in
+    seconds: the plain integers every BuildKit version reads."""
+    lines = ["[worker.oci]", "  gc = true"]
+    comment = f"  # nodefleet cache budget: {_describe(budget)}"
+    lines.insert(0, comment.strip())
+    if budget.keep_for is not None:
+        lines += ["", "  [[worker.oci.gcpolicy]]", f"    keepDuration = {budget.keep_for}"]
+    lines += ["", "  [[worker.oci.gcpolicy]]", "    all = true"]
+    if current:
+        if budget.max_size is not None:
+            lines.append(f"    maxUsedSpace = {budget.max_size}")
+        if budget.min_free is not None:
+            lines.append(f"    minFreeSpace = {budget.min_free}")
+        if budget.max_size is None and budget.min_free is None:
+            lines.append(f'    maxUsedSpace = "{DEFAULT_CAP}"')
+    else:
+        # Before v0.17 a rule can only cap the cache's size; min_free is kept by nodefleet's routing and prune.
+        size = str(budget.max_size) if budget.max_size is not None else f'"{DEFAULT_CAP}"'
+        lines.append(f"    keepBytes = {size}")
+    return "\n".join(lines) + "\n"
+
+
+def _describe(budget: CacheBudget) -> str:
+    parts = []
+    if budget.max_size is not None:
+        parts.append(f"max_size {budget.max_size} bytes")
+    if budget.min_free is not None:
+        parts.append(f"min_free {budget.min_free} bytes")
+    if budget.keep_for is not None:
+        parts.append(f"keep_for {human_duration(budget.keep_for)}")
+    return ", ".join(parts)
 
 
 def render_buildkitd_config(registries: Iterable[Registry]) -> str:

@@ -133,6 +133,8 @@ class Member:
     host: Host
     platform: str | None
     ready: bool
+    # The host's own buildkitd config and its digest (a cache budget); None: the builder's.
+    config: tuple[Path | None, str] | None = None
 
 
 def desired_specs(
@@ -154,7 +156,7 @@ def desired_specs(
             after.append((member.host.name, node.platforms if node else ()))
     pins = assign_pins(after)
     return {
-        member.host.name: node_spec(member.host, pins.get(member.host.name, ()), config, digest)
+        member.host.name: node_spec(member.host, pins.get(member.host.name, ()), *(member.config or (config, digest)))
         for member in members
         if member.ready
     }

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from nodefleet.buildx import store
 from nodefleet.buildx.argv import bootstrap_argv, create_argv, leave_argv, rm_argv
-from nodefleet.buildx.config import config_digest, resolve_buildkitd_config
+from nodefleet.buildx.config import config_digest, node_config, resolve_buildkitd_config
 from nodefleet.buildx.nodes import DRIVER, NodeSpec
 from nodefleet.buildx.store import StoredBuilder
 from nodefleet.errors import CommandError, NodefleetError, UsageError
@@ -38,6 +39,7 @@ from nodefleet.inventory import Inventory
 from nodefleet.runner import run_local
 from nodefleet.state import BuilderState, default_state_dir
 from nodefleet.target import HostKeyPolicy
+from nodefleet.units import human_size
 
 
 async def up(inventory: Inventory, options: FleetOptions | None = None) -> FleetReport:
@@ -75,7 +77,7 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
                 "choose another builder name or remove it with docker buildx rm"
             )
         stored = await _evict_untrusted(inventory.builder, state, works, stored, notes)
-        members = [Member(w.host, w.result.platform, w.ready) for w in works]
+        members = [Member(w.host, w.result.platform, w.ready, _own_config(inventory, state, w)) for w in works]
         changes, specs = plan_up(members, stored, state.load_digests() or {}, config, digest)
         for work in works:
             if work.name in specs:
@@ -91,6 +93,20 @@ async def _up_locked(inventory: Inventory, options: FleetOptions, state: Builder
     results = [work.result for work in works] + removed + disabled_results(inventory)
     changed = changed or restarted or bool(removed)
     return FleetReport("up", inventory.builder, results, changed=changed, notes=notes, client=client)
+
+
+def _own_config(inventory: Inventory, state: BuilderState, work: HostWork) -> tuple[Path | None, str] | None:
+    """A host's own buildkitd config and digest when it has a cache budget (in the gc form its BuildKit reads),
+    with a warning when the budget does not fit its disk; None: the builder's config."""
+    if not work.host.cache or not work.ready:
+        return None
+    budget, disk = work.host.cache, work.result.disk_size_bytes
+    for key, value in (("max_size", budget.max_size), ("min_free", budget.min_free)):
+        if value is not None and disk is not None and value >= disk:
+            work.result.warnings += (f"cache.{key} {human_size(value)} is not less than its disk ({human_size(disk)})",)
+    version = work.health.buildkit_version if work.health else None
+    path = node_config(inventory, state, work.host, version)
+    return path, config_digest(path)
 
 
 def _fail(work: HostWork, message: str) -> None:

@@ -197,6 +197,7 @@ def take_facts(work: HostWork, facts: HostFacts) -> None:
     work.result.os = facts.os
     work.result.engine = facts.engine_version
     work.result.disk_free_bytes = facts.disk_free_bytes
+    work.result.disk_size_bytes = facts.disk_size_bytes
     work.result.platform = work.host.platforms[0] if work.host.platforms else facts.platform
     if work.result.platform is None:
         raise NodefleetError(f"unknown CPU architecture {facts.machine!r}; set platforms for this host")
