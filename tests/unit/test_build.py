@@ -9,6 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -757,3 +758,46 @@ def test_a_full_disk_is_the_nodes_fault_whatever_the_step_says() -> None:
     assert classify_failure(error_text(lines)) is FailureKind.DOCKERFILE  # what buildx's ERROR line alone says
     assert disk_full(lines) == "#6 0.512 dd: error writing '/big': No space left on device"
     assert disk_full(lines[:1] + lines[2:]) is None
+
+
+def _judge(monkeypatch: pytest.MonkeyPatch, said: str | None, free: int | None) -> Any:
+    """An attempt failed with a Dockerfile-like error; the node, asked afterwards, has `free` bytes left."""
+    from nodefleet.build import schedule
+    from nodefleet.build.report import Attempt
+    from nodefleet.host.facts import HostFacts, NodeHealth, Probe
+
+    async def probe(*_args: object, **_kwargs: object) -> Probe:
+        facts = HostFacts("", None, disk_free_bytes=free, disk_path="/var/lib/docker")
+        return Probe(facts, NodeHealth("running", "v0.13.2", ("linux/arm64",)), None)
+
+    async def session(_checks: object, _node: str) -> object:
+        return object()
+
+    monkeypatch.setattr(schedule, "probe", probe)
+    attempt = Attempt("arm64-1", status="failed", error="process did not complete: exit code: 1")
+    attempt.error_kind = FailureKind.DOCKERFILE
+    ctx = SimpleNamespace(
+        session=session, cache=None, inventory=SimpleNamespace(defaults=SimpleNamespace(connect_timeout=5.0))
+    )
+    asyncio.run(schedule._judge_disk(ctx, None, attempt, said))  # type: ignore[arg-type]
+    return attempt
+
+
+def test_a_failed_step_on_a_node_left_without_space_is_the_nodes_disk_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's full disk fails a RUN step with `exit code: 1` alone: the node's free space, asked after the
+    failure, tells the disk's fault from the Dockerfile's, and the error names the node and its free space."""
+    attempt = _judge(monkeypatch, None, 4096)
+    assert attempt.error_kind is FailureKind.INFRASTRUCTURE
+    assert attempt.error.startswith("arm64-1's disk is full (4.1kB free on /var/lib/docker): process did not")
+
+
+def test_a_failed_step_on_a_node_with_space_stays_the_dockerfiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempt = _judge(monkeypatch, None, 50 * 1000**3)
+    assert attempt.error_kind is FailureKind.DOCKERFILE and "disk" not in attempt.error
+
+
+def test_a_step_that_says_no_space_is_the_disks_fault_with_its_free_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    said = "#6 0.512 dd: error writing '/big': No space left on device"
+    attempt = _judge(monkeypatch, said, 700 * 1000**2)  # freed again since: the step's own words count
+    assert attempt.error_kind is FailureKind.INFRASTRUCTURE
+    assert attempt.error == f"arm64-1's disk is full (700MB free on /var/lib/docker): {said}"

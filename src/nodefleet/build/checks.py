@@ -16,7 +16,7 @@ from nodefleet.errors import NodefleetError
 from nodefleet.fanout import guarded
 from nodefleet.host.cache import ProbeCache
 from nodefleet.host.facts import Facts
-from nodefleet.host.health import health_problem
+from nodefleet.host.health import health_problem, low_disk
 from nodefleet.host.probe import probe
 from nodefleet.inventory import Host, Inventory
 from nodefleet.results import HostResult, HostStatus
@@ -43,10 +43,11 @@ class NodeCheck:
 
 async def check_node(inventory: Inventory, host: Host, cache: ProbeCache, *, platform: str | None = None) -> NodeCheck:
     """Is this host's node ready to build: SSH within connect_timeout (one attempt, strict host keys), its
-    platform, BuildKit running with a native worker. `platform`, when already known, is not asked again; a
-    container of another architecture still fails the native-worker check. What the probe cache knows of a
-    running container is not asked again (a `docker exec` is slow where BuildKit is emulated). A healthy node's
-    SSH session is handed over in the result, open: the caller closes it."""
+    platform, BuildKit running with a native worker, and the free space its cache budget's min_free asks for.
+    `platform`, when already known, is not asked again; a container of another architecture still fails the
+    native-worker check. What the probe cache knows of a running container is not asked again (a `docker exec` is
+    slow where BuildKit is emulated). A healthy node's SSH session is handed over in the result, open: the caller
+    closes it."""
     result = HostResult(host.name, host.address)
     started = time.monotonic()
     session: Session | None = None
@@ -74,6 +75,10 @@ async def check_node(inventory: Inventory, host: Host, cache: ProbeCache, *, pla
             raise NodefleetError(problem + ("; `nodefleet up` starts it" if stopped else ""))
         result.buildkit = answer.health.buildkit_version
         result.native_platform = answer.health.native_platform
+        result.disk_free_bytes = answer.facts.disk_free_bytes
+        low = low_disk(host, answer.facts.disk_free_bytes)
+        if low:
+            raise NodefleetError(f"disk low: {low}; `nodefleet prune {host.name}` frees its cache")
         result.status = HostStatus.HEALTHY
 
     try:

@@ -23,6 +23,10 @@ from nodefleet.build.report import Attempt, PlatformResult
 from nodefleet.build.routing import Choice, retry_node
 from nodefleet.build.run import Run, run_streaming
 from nodefleet.errors import NodefleetError
+from nodefleet.host.facts import Facts
+from nodefleet.host.health import NEARLY_FULL
+from nodefleet.host.probe import probe
+from nodefleet.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +169,8 @@ async def _attempt(ctx: Context, plan: _Plan, job: Job, attempt: Attempt) -> Non
         ctx.used[attempt.node] = (early.builder, ctx.gateway_env)
     run = await _run_on_node(ctx, plan, job, attempt, early, builder, env)
     _take_run(ctx, job, attempt, run)
+    if attempt.status == "failed" and run.lost is None:
+        await _judge_disk(ctx, plan.checks, attempt, disk_full(run.lines))
 
 
 async def _run_on_node(
@@ -240,10 +246,25 @@ def _take_run(ctx: Context, job: Job, attempt: Attempt, run: Run) -> None:
         return
     attempt.error = error_text(run.lines) or f"buildx exited {run.exit_status}"
     attempt.error_kind = classify_failure(attempt.error)
-    full = disk_full(run.lines)
-    if full is not None:  # the node's fault, not the Dockerfile's: another node may build it
-        attempt.error = f"{attempt.node}'s disk is full: {full}"
-        attempt.error_kind = FailureKind.INFRASTRUCTURE
+
+
+async def _judge_disk(ctx: Context, checks: Checks, attempt: Attempt, said: str | None) -> None:
+    """A failed attempt on a node whose disk is full is the node's fault, not the Dockerfile's: another node may
+    build it. Full when the output says so, or when the node, asked after the failure, has (nearly) no space left
+    (a step that fills the disk may fail with its exit code alone); the error names the node and its free space."""
+    free, where = None, ""
+    try:
+        session = await ctx.session(checks, attempt.node)
+        timeout = ctx.inventory.defaults.connect_timeout + 15
+        answer = await probe(session, attempt.node, ctx.cache, timeout=timeout, facts=Facts.NONE)
+        free, where = answer.facts.disk_free_bytes, answer.facts.disk_path or ""
+    except (NodefleetError, OSError) as exc:
+        log.debug("%s: free space not known after the failure: %s", attempt.node, exc)
+    if said is None and (free is None or free >= NEARLY_FULL):
+        return
+    space = f"{human_size(free)} free" + (f" on {where}" if where else "") if free is not None else "free space unknown"
+    attempt.error = f"{attempt.node}'s disk is full ({space}): {said or attempt.error}"
+    attempt.error_kind = FailureKind.INFRASTRUCTURE
 
 
 def _metadata_file(ctx: Context, job: Job) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 from nodefleet.errors import UsageError
 from nodefleet.inventory import CacheBudget, Host, Inventory, Registry
 from nodefleet.state import BuilderState, private_dir, write_private
-from nodefleet.units import human_duration
+from nodefleet.units import human_duration, human_size
 
 CURRENT_GC_FROM = (0, 17)  # the first BuildKit with reservedSpace / maxUsedSpace / minFreeSpace
 DEFAULT_CAP = "10%"  # BuildKit's own cap on its cache, as a share of the disk, when a budget names no size
@@ -96,9 +96,9 @@ def render_gc_policy(budget: CacheBudget, current: bool) -> str:
 def _describe(budget: CacheBudget) -> str:
     parts = []
     if budget.max_size is not None:
-        parts.append(f"max_size {budget.max_size} bytes")
+        parts.append(f"max_size {human_size(budget.max_size)}")
     if budget.min_free is not None:
-        parts.append(f"min_free {budget.min_free} bytes")
+        parts.append(f"min_free {human_size(budget.min_free)}")
     if budget.keep_for is not None:
         parts.append(f"keep_for {human_duration(budget.keep_for)}")
     return ", ".join(parts)

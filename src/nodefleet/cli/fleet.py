@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from nodefleet.cli.common import console, inventory_option, json_option, load, parallel_option, run, spinner, write_err
-from nodefleet.results import HostStatus
+from nodefleet.results import HostResult, HostStatus
 
 if TYPE_CHECKING:
     from nodefleet.fleet.work import FleetReport
@@ -26,11 +26,15 @@ def render(report: FleetReport, as_json: bool) -> None:
         stdout.out(json.dumps(report.as_json(), indent=2), highlight=False)
         return
     table = Table(title=f"builder {report.builder} — {report.command}", title_justify="left")
-    for column in ("host", "address", "platform", "pinned", "engine", "BuildKit", "action", "status", "s"):
-        table.add_column(column, justify="right" if column == "s" else "left")
+    disks = report.command == "status"
+    columns = ["host", "address", "platform", "pinned", "engine", "BuildKit", "action", "status", "s"]
+    if disks:
+        columns[6:7] = ["disk free", "cache (reclaimable)"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in {"s", "disk free"} else "left")
     for host in report.hosts:
         style = _STATUS_STYLE.get(host.status, "")
-        table.add_row(
+        row = [
             host.name,
             host.address,
             host.platform or "-",
@@ -40,13 +44,18 @@ def render(report: FleetReport, as_json: bool) -> None:
             host.action if host.action != "none" else "-",
             f"[{style}]{host.status}[/]" if style else host.status,
             f"{host.seconds:.1f}",
-        )
+        ]
+        if disks:
+            row[6:7] = [_disk(host), _cache(host)]
+        table.add_row(*row)
     stdout.print(table)
     for host in report.hosts:
         if host.error:
             stdout.print(f"[red]{host.name}[/]: {host.error}", highlight=False)
         elif host.changes:
             stdout.print(f"{host.name}: {'; '.join(host.changes)}", highlight=False)
+        for warning in host.warnings:
+            stdout.print(f"[yellow]{host.name}[/]: {warning}", highlight=False)
     for note in report.notes:
         stdout.print(f"note: {note}", highlight=False)
     if report.client is not None and report.command == "status":
@@ -58,6 +67,24 @@ def render(report: FleetReport, as_json: bool) -> None:
     if report.command == "up":
         summary += ", builder changed" if report.changed else ", no change"
     stdout.print(f"{summary} ({report.seconds:.1f} s)", highlight=False)
+
+
+def _disk(host: HostResult) -> str:
+    """Free space of the disk holding the node's state, with its size: "3.2GB of 32GB"."""
+    from nodefleet.units import human_size
+
+    if host.disk_free_bytes is None:
+        return "-"
+    size = f" of {human_size(host.disk_size_bytes)}" if host.disk_size_bytes else ""
+    return human_size(host.disk_free_bytes) + size
+
+
+def _cache(host: HostResult) -> str:
+    from nodefleet.units import human_size
+
+    if host.cache_bytes is None:
+        return "-"
+    return f"{human_size(host.cache_bytes)} ({human_size(host.cache_reclaimable_bytes)})"
 
 
 def _notice(message: str) -> None:

@@ -100,7 +100,7 @@ async def _status_host(
         if node is not None:
             work.result.pinned = node.platforms
             work.result.role = "primary" if node.platforms else "standby"
-        await probe_host(work, inventory, cache)
+        await probe_host(work, inventory, cache, cache_usage=True)
         await take_openssh(work, openssh)  # skipped (and stopped below) when the host already failed
     finally:
         await stop(openssh)

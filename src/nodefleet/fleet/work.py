@@ -15,7 +15,7 @@ from nodefleet.errors import HostKeyError, NodefleetError, exit_code
 from nodefleet.fanout import guarded
 from nodefleet.host.cache import ProbeCache
 from nodefleet.host.facts import Facts, HostFacts, NodeHealth
-from nodefleet.host.health import health_problem
+from nodefleet.host.health import health_problem, low_disk
 from nodefleet.host.openssh import OpenSSHCheck, check_openssh, takes_unknown_keys
 from nodefleet.host.probe import probe
 from nodefleet.inventory import Host, Inventory
@@ -165,16 +165,32 @@ async def connect(
     await work.step("ssh", go)
 
 
-async def probe_host(work: HostWork, inventory: Inventory, cache: ProbeCache, *, image: str | None = None) -> None:
-    """The host's facts and its node's health (with `image`, whether that image is there) in one round trip."""
+async def probe_host(
+    work: HostWork, inventory: Inventory, cache: ProbeCache, *, image: str | None = None, cache_usage: bool = False
+) -> None:
+    """The host's facts and its node's health (with `image`, whether that image is there; with `cache_usage`, its
+    BuildKit cache's size) in one round trip."""
 
     async def go() -> None:
         answer = await probe(
-            work.need_session(), work.name, cache, timeout=inventory.defaults.command_timeout, image=image
+            work.need_session(),
+            work.name,
+            cache,
+            timeout=inventory.defaults.command_timeout,
+            image=image,
+            cache_usage=cache_usage,
         )
         work.health = answer.health
         work.image_present = answer.image_present
         take_facts(work, answer.facts)
+        if answer.cache is not None:
+            work.result.cache_bytes = answer.cache.total_bytes
+            work.result.cache_reclaimable_bytes = answer.cache.reclaimable_bytes
+            if answer.cache.error:
+                work.result.warnings += (f"its BuildKit cannot size its cache: {answer.cache.error}",)
+        low = low_disk(work.host, work.result.disk_free_bytes)
+        if low:
+            work.result.warnings += (f"{low}: builds go to other nodes of its platform",)
 
     await work.step("facts", go)
 
