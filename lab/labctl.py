@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The nodefleet lab: SSH + Docker hosts of several architectures on this machine, for end-to-end tests.
 
-    labctl.py up [--hosts SPEC] [--json]   bring the lab up (no-op if the same lab is up)
+    labctl.py up [--hosts SPEC] [--small-disk HOST=SIZE]... [--json]
+                                            bring the lab up (no-op if the same lab is up); --small-disk puts
+                                            HOST's Docker data root on a tmpfs of SIZE (1G, 768M)
     labctl.py down                          remove everything the lab made
     labctl.py status [--json]               what is up, per host
     labctl.py fault HOST ACTION             sshd-stop|sshd-start|engine-stop|engine-start|net-cut|net-restore|rekey
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -30,7 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labkit import clientfiles, hosts, network, registry, teardown
 from labkit.core import LOCK_FILE, LOCK_HELD_ENV, LabError, LabPaths, Log
 from labkit.selftest import SelfTest
-from labkit.spec import DEFAULT_SPEC, PLATFORMS, Host, parse_spec, spec_of
+from labkit.spec import (
+    DEFAULT_SPEC,
+    PLATFORMS,
+    Host,
+    format_size,
+    parse_spec,
+    small_disks_of,
+    spec_of,
+    with_small_disks,
+)
 from labkit.steps import UpRun
 
 FAULTS = ["sshd-stop", "sshd-start", "engine-stop", "engine-start", "net-cut", "net-restore", "rekey"]
@@ -97,7 +109,15 @@ def lab_hosts(paths: LabPaths) -> list[Host] | None:
     description = clientfiles.read_lab_json(paths)
     if description is None:
         return None
-    return parse_spec(str(description["spec"]))
+    recorded = description.get("hosts")
+    sizes = {h["name"]: h.get("data_root_size") for h in recorded} if isinstance(recorded, list) else {}
+    return [dataclasses.replace(h, data_root_size=sizes.get(h.name)) for h in parse_spec(str(description["spec"]))]
+
+
+def describe(lab: list[Host]) -> str:
+    """`amd64:1,arm64:2` plus the small disks, as `up` and `status` name a lab."""
+    small = ", ".join(f"{name} data root {format_size(size)}" for name, size in small_disks_of(lab).items())
+    return spec_of(lab) + (f"; {small}" if small else "")
 
 
 # ---- health ----
@@ -113,14 +133,20 @@ def host_health(paths: LabPaths, host: Host) -> dict[str, object]:
         "engine": engine,
         "network": network.link_is_up(host.veth),
         "host_key": clientfiles.host_key_known(paths, host),  # False after `rekey`
+        "data_root_size": host.data_root_size,
+        "data_root": hosts.data_root_ok(paths, host),  # the small disk is mounted (always True without one)
     }
 
 
-HEALTH_FLAGS = ("sshd", "engine", "network", "host_key")
+HEALTH_FLAGS = ("sshd", "engine", "network", "host_key", "data_root")
 
 
 def health_line(health: dict[str, object]) -> str:
-    return ", ".join(f"{flag} {'ok' if health[flag] else 'DOWN'}" for flag in HEALTH_FLAGS)
+    words = [f"{flag} {'ok' if health[flag] else 'DOWN'}" for flag in HEALTH_FLAGS[:-1]]
+    size = health["data_root_size"]
+    if isinstance(size, int):
+        words.append(f"data root tmpfs {format_size(size)} {'ok' if health['data_root'] else 'NOT MOUNTED'}")
+    return ", ".join(words)
 
 
 def lab_health(paths: LabPaths, lab: list[Host]) -> dict[str, object]:
@@ -140,19 +166,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("up: the lab needs root (namespaces, mounts, daemons, users)", file=sys.stderr)
         return 2
     try:
-        wanted = parse_spec(args.hosts)
+        wanted = with_small_disks(parse_spec(args.hosts), args.small_disk)
     except LabError as exc:
         print(f"up: {exc}", file=sys.stderr)
         return 2
     # Shared first: a test session holding the lab (shared) can still ask for the lab it already has.
     with lab_lock(fcntl.LOCK_SH):
         if already_up(paths, wanted):
-            print(f"up       lab already up ({spec_of(wanted)})", file=out)
+            print(f"up       lab already up ({describe(wanted)})", file=out)
             return finish_up(paths, args.json)
     with lab_lock():
         current = lab_hosts(paths)
         if already_up(paths, wanted):
-            print(f"up       lab already up ({spec_of(wanted)})", file=out)
+            print(f"up       lab already up ({describe(wanted)})", file=out)
             return finish_up(paths, args.json)
         if current is not None or teardown.anything_left(paths):
             print("up       taking down the previous lab first", file=out)
@@ -162,8 +188,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def already_up(paths: LabPaths, wanted: list[Host]) -> bool:
+    """Same hosts, same small disks, healthy. Anything else is brought about by down + up."""
     current = lab_hosts(paths)
-    return current is not None and spec_of(current) == spec_of(wanted) and bool(lab_health(paths, current)["healthy"])
+    return (
+        current is not None
+        and spec_of(current) == spec_of(wanted)
+        and small_disks_of(current) == small_disks_of(wanted)
+        and bool(lab_health(paths, current)["healthy"])
+    )
 
 
 def interrupted(signum: int, frame: object) -> None:
@@ -186,7 +218,8 @@ def run_up(paths: LabPaths, wanted: list[Host], as_json: bool, out: TextIO) -> i
         step = failure.step if isinstance(failure, StepFailed) else "interrupted"
         print(f"up failed at step '{step}'; everything it started was removed", file=sys.stderr)
         return 1
-    print(f"up       lab is up: {len(wanted)} hosts in {time.monotonic() - started:.1f}s", file=out)
+    elapsed = time.monotonic() - started
+    print(f"up       lab is up: {len(wanted)} hosts ({describe(wanted)}) in {elapsed:.1f}s", file=out)
     return finish_up(paths, as_json)
 
 
@@ -252,7 +285,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(health, indent=2))
     else:
         state = "healthy" if health["healthy"] else "DEGRADED"
-        print(f"lab is up ({spec_of(lab)}), {state}; registry {'up' if health['registry'] else 'DOWN'}")
+        print(f"lab is up ({describe(lab)}), {state}; registry {'up' if health['registry'] else 'DOWN'}")
         for h in per_host(health):
             print(f"  {h['name']:<10} {h['address']:<12} {h['platform']:<13} {health_line(h)}")
     return 0 if health["healthy"] else 1
@@ -380,6 +413,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring the lab up")
     up.add_argument("--hosts", default=DEFAULT_SPEC, help=f"platform[:count],... (default {DEFAULT_SPEC})")
+    up.add_argument(
+        "--small-disk",
+        action="append",
+        default=[],
+        metavar="HOST=SIZE",
+        help="HOST's Docker data root on a tmpfs of SIZE (1G, 768M; at least 64M); repeatable, one per host",
+    )
     up.add_argument("--json", action="store_true", help="print lab.json on stdout (step lines go to stderr)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="remove everything the lab made").set_defaults(func=cmd_down)

@@ -8,7 +8,7 @@ import pwd
 from pathlib import Path
 
 from .core import Journal, LabPaths, Log, run
-from .hosts import engine_socket, host_public_key
+from .hosts import data_root, engine_socket, host_public_key
 from .pki import ca_cert
 from .spec import LAB_USER, PLATFORMS, REGISTRY, SUBNET_PREFIX, Host, spec_of
 
@@ -136,7 +136,7 @@ def write_inventory(paths: LabPaths, hosts: list[Host]) -> Path:
 
 
 def lab_description(paths: LabPaths, hosts: list[Host]) -> dict[str, object]:
-    """What lab.json holds: the contract's keys, plus a few extras (spec, driver_opts, uname) for tests."""
+    """What lab.json holds: the contract's keys, plus a few extras (spec, driver_opts, uname, data_root) for tests."""
     return {
         "registry": REGISTRY,
         "ca": str(ca_cert(paths)),
@@ -160,6 +160,8 @@ def lab_description(paths: LabPaths, hosts: list[Host]) -> dict[str, object]:
                 "buildkit_image": h.buildkit_image,
                 "driver_opts": h.platform.driver_opts,
                 "uname": h.platform.uname,
+                "data_root": str(data_root(paths, h)),
+                "data_root_size": h.data_root_size,  # bytes of the tmpfs under data_root (`--small-disk`), or None
             }
             for h in hosts
         ],

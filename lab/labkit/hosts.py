@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .core import Journal, LabError, LabPaths, Log, daemon_alive, load_daemon, run, start_daemon, stop_daemon, wait_for
 from .network import ssh_banner
-from .spec import LAB_USER, Host, Platform
+from .spec import LAB_USER, Host, Platform, format_size
 
 DOCKER_GROUP = "nflab-docker"
 USER_MARK = "nodefleet-lab"  # the account's comment: how `down` knows the lab made it
@@ -80,9 +80,95 @@ def engine_key(host: Host) -> str:
     return f"{host.name}.dockerd"
 
 
+def data_root(paths: LabPaths, host: Host) -> Path:
+    return paths.host_dir(host.name) / "docker"
+
+
+# ---- a small disk: the engine's data root on a tmpfs of a fixed size (`up --small-disk HOST=SIZE`) ----
+
+
+def data_root_source(host: Host) -> str:
+    """The tmpfs's source name in /proc/self/mountinfo: how the lab knows a mount is the one it made."""
+    return f"nflab-{host.name}"
+
+
+def mount_at(point: Path) -> tuple[str, str] | None:
+    """(fstype, source) of the top mount at exactly `point` in this mount namespace, or None."""
+    found = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        target = _unescape(before.split()[4])
+        if Path(target) == point:
+            fstype, source = after.split()[:2]
+            found = (fstype, _unescape(source))  # the last one listed is on top
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def mount_data_root(paths: LabPaths, host: Host, journal: Journal, log: Log) -> str:
+    """Mount a tmpfs of the host's data_root_size at its data root, before its dockerd starts. Refuses to mount over
+    anything but an empty folder; a folder already holding the lab's own tmpfs of that size is kept."""
+    size = host.data_root_size
+    if size is None:
+        return ""
+    point = data_root(paths, host)
+    current = mount_at(point)
+    if current == ("tmpfs", data_root_source(host)) and filesystem_size(point) == size:
+        return f"{host.name} data root: tmpfs {format_size(size)} (already mounted)"
+    if current is not None:
+        raise LabError(f"{point} is already a mount ({current[0]} {current[1]}) the lab did not make for this size")
+    point.mkdir(parents=True, exist_ok=True)
+    if any(point.iterdir()):
+        raise LabError(f"{point} is not empty: not mounting a tmpfs over files")
+    # mode 0710 as dockerd makes its data root; it sets the owner itself.
+    run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0710", data_root_source(host), str(point)], log)
+    journal.record("mounted_data_root", path=str(point), source=data_root_source(host))
+    actual = filesystem_size(point)
+    if actual != size:
+        raise LabError(f"{point}: the tmpfs holds {actual} bytes, asked for {size}")
+    return f"{host.name} data root: tmpfs {format_size(size)}"
+
+
+def filesystem_size(point: Path) -> int:
+    stat = os.statvfs(point)
+    return stat.f_blocks * stat.f_frsize
+
+
+def data_root_ok(paths: LabPaths, host: Host) -> bool:
+    """A host without a small disk has nothing to check; one with it needs the lab's tmpfs of that size there."""
+    if host.data_root_size is None:
+        return True
+    point = data_root(paths, host)
+    try:
+        return mount_at(point) == ("tmpfs", data_root_source(host)) and filesystem_size(point) == host.data_root_size
+    except OSError:
+        return False
+
+
+def unmount_data_roots(paths: LabPaths, journal: Journal, log: Log) -> list[str]:
+    """Unmount the data-root tmpfs mounts the journal says the lab made (gone already: fine). Only a mount that is
+    still the lab's (a tmpfs with the lab's source name) is touched."""
+    done = []
+    for entry in journal.entries("mounted_data_root"):
+        point = Path(entry["path"])
+        if mount_at(point) != ("tmpfs", entry["source"]):
+            continue
+        result = run(["umount", str(point)], log, check=False)
+        if result.returncode != 0:
+            run(["umount", "--lazy", str(point)], log, check=False)
+        done.append(str(point))
+    return done
+
+
 def start_engine(paths: LabPaths, host: Host) -> None:
     """dockerd inside the host's netns (nsenter, not `ip netns exec`, which hides the cgroup mounts)."""
-    data = paths.host_dir(host.name) / "docker"
+    data = data_root(paths, host)
     exec_root = paths.host_run_dir(host.name) / "exec"
     for folder in (data, exec_root, paths.sockets):
         folder.mkdir(parents=True, exist_ok=True)

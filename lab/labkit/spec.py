@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from .core import LabError
 
@@ -14,6 +15,9 @@ BRIDGE = "nflab0"
 BUILDKIT_VERSION = "v0.13.2"
 LAB_USER = "builder"
 MAX_HOSTS = 200
+# A small disk (`--small-disk HOST=SIZE`) must still hold the engine's state and a BuildKit image with its cache.
+MIN_SMALL_DISK = 64 << 20
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 # Go programs under qemu-user can deadlock at start; these two settings avoid it (see shared/lab-facts.md).
 GO_UNDER_QEMU = {"env.GODEBUG": "asyncpreemptoff=1", "env.GOMAXPROCS": "1"}
@@ -62,6 +66,7 @@ class Host:
     name: str
     number: int  # 1-based position in the SPEC; the address is 10.231.0.(10 + number)
     platform: Platform
+    data_root_size: int | None = None  # bytes of the tmpfs the lab mounts as its engine's data root; None: no mount
 
     @property
     def address(self) -> str:
@@ -123,3 +128,44 @@ def spec_of(hosts: list[Host]) -> str:
         key = host.platform.platform.removeprefix("linux/")
         counts[key] = counts.get(key, 0) + 1
     return ",".join(f"{key}:{count}" for key, count in counts.items())
+
+
+def parse_size(text: str) -> int:
+    """`1G`, `768M`, `1GiB`, `512k`, `1073741824` -> bytes (binary units)."""
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:I?B)?", text.strip().upper())
+    if match is None:
+        raise LabError(f"bad size {text!r} (a number of bytes, or with K, M, G or T: 1G, 768M)")
+    return int(match.group(1)) * SIZE_UNITS[match.group(2)]
+
+
+def format_size(size: int) -> str:
+    """Bytes as `parse_size` reads them back, in the largest unit that divides them: 1073741824 -> `1G`."""
+    for unit in ("T", "G", "M", "K"):
+        if size % SIZE_UNITS[unit] == 0:
+            return f"{size // SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
+def with_small_disks(hosts: list[Host], items: list[str]) -> list[Host]:
+    """Apply `--small-disk HOST=SIZE` options (repeatable, one per host) to the hosts of a SPEC."""
+    names = {h.name for h in hosts}
+    sizes: dict[str, int] = {}
+    for item in items:
+        name, sep, size_text = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise LabError(f"--small-disk {item!r}: expected HOST=SIZE, e.g. arm64-1=1G")
+        if name not in names:
+            raise LabError(f"--small-disk {item!r}: no host {name!r} in this lab ({', '.join(sorted(names))})")
+        if name in sizes:
+            raise LabError(f"--small-disk names {name} twice")
+        size = parse_size(size_text)
+        if size < MIN_SMALL_DISK:
+            raise LabError(f"--small-disk {item!r}: at least {format_size(MIN_SMALL_DISK)} (the engine and BuildKit)")
+        sizes[name] = size
+    return [dataclasses.replace(h, data_root_size=sizes.get(h.name)) for h in hosts]
+
+
+def small_disks_of(hosts: list[Host]) -> dict[str, int]:
+    """{host name: data root size} of the hosts with a small disk (used to tell whether a running lab matches)."""
+    return {h.name: h.data_root_size for h in hosts if h.data_root_size is not None}

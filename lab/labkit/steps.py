@@ -156,11 +156,12 @@ class UpRun:
         return f"https://{REGISTRY}"
 
     def engines(self, log: Log) -> str:
+        small = [hosts.mount_data_root(self.paths, h, self.journal, log) for h in self.hosts if h.data_root_size]
         for host in self.hosts:
             hosts.start_engine(self.paths, host)
         timeout = hosts.ENGINE_READY_TIMEOUT + 3 * len(self.hosts)
         _parallel(self.hosts, lambda h: hosts.wait_engine(self.paths, h, timeout))
-        return f"{len(self.hosts)} engines answer"
+        return "; ".join([f"{len(self.hosts)} engines answer", *small])
 
     def sshd(self, log: Log) -> str:
         assert self.user is not None
@@ -168,7 +169,8 @@ class UpRun:
         hosts.ensure_privsep_dir(self.journal)
         for arch in sorted(self.deb_arches):
             rootfs = self.paths.userland(arch)
-            userland.prepare_for_sessions(self.paths, rootfs, (uid, gid), docker_gid, self.journal, log)
+            data_roots = [hosts.data_root(self.paths, h) for h in self.hosts]
+            userland.prepare_for_sessions(self.paths, rootfs, (uid, gid), docker_gid, data_roots, self.journal, log)
         authorized = self.paths.state / "authorized_keys"
         for host in self.hosts:
             hosts.write_sshd_config(self.paths, host, authorized)
@@ -197,6 +199,9 @@ class UpRun:
     def verify(self, log: Log) -> str:
         """Log in to every host the way buildx will (plain ssh through root's config) and ask uname + engine."""
         _parallel(self.hosts, lambda h: check_session(h, log))
+        for host in self.hosts:
+            if not hosts.data_root_ok(self.paths, host):
+                raise LabError(f"{host.name}: its data root is not the lab's tmpfs of {host.data_root_size} bytes")
         clientfiles.write_lab_json(self.paths, self.hosts)
         return f"{len(self.hosts)} hosts answer over ssh"
 

@@ -132,11 +132,14 @@ def lab_mounts(paths: LabPaths) -> list[Path]:
 
 
 def unmount_all(paths: LabPaths, log: Log) -> str:
+    """Deepest first, so an engine's own mounts go before the small-disk tmpfs under them; then any data-root tmpfs
+    the journal names that was not among them (none is expected: the data roots are in the state dir)."""
     mounts = lab_mounts(paths)
     for point in mounts:
         result = run(["umount", str(point)], log, check=False)
         if result.returncode != 0:
             run(["umount", "--lazy", str(point)], log, check=False)
+    mounts += [Path(p) for p in hosts.unmount_data_roots(paths, Journal(paths.journal), log)]
     left = lab_mounts(paths)
     if left:
         raise LabError(f"still mounted: {', '.join(map(str, left))}")

@@ -197,10 +197,17 @@ def make_base_files(rootfs: Path) -> None:
 
 
 def prepare_for_sessions(
-    paths: LabPaths, rootfs: Path, user: tuple[int, int], docker_gid: int, journal: Journal, log: Log
+    paths: LabPaths,
+    rootfs: Path,
+    user: tuple[int, int],
+    docker_gid: int,
+    data_roots: list[Path],
+    journal: Journal,
+    log: Log,
 ) -> None:
-    """Accounts with the machine's ids, the user's home, the hosts' docker sockets at the same path, and /proc
-    (a real host has one: nodefleet reads the boot id there)."""
+    """Accounts with the machine's ids, the user's home, the hosts' docker sockets at the same path, /proc
+    (a real host has one: nodefleet reads the boot id there), and the engines' data roots at the same path (a real
+    host's session sees the disk `docker info` names: `df` of it tells its size and free space)."""
     journal.record("prepared_userland", path=str(rootfs))
     uid, gid = user
     (rootfs / "etc/passwd").write_text(
@@ -217,6 +224,13 @@ def prepare_for_sessions(
     proc = rootfs / "proc"
     if not os.path.ismount(proc):
         run(["mount", "-t", "proc", "proc", str(proc)], log)
+    for data_root in data_roots:
+        inside = rootfs / data_root.relative_to("/")
+        inside.mkdir(parents=True, exist_ok=True)
+        if not os.path.ismount(inside):
+            # Not recursive, and private: the engine's own later mounts (containers) do not show up in here.
+            run(["mount", "--bind", str(data_root), str(inside)], log)
+            run(["mount", "--make-private", str(inside)], log)
 
 
 def is_mount_point_under(folder: Path) -> bool:
@@ -240,8 +254,8 @@ def clean_userlands(paths: LabPaths, journal: Journal, log: Log) -> None:
     for rootfs in sorted(roots):
         if not (rootfs / ".nflab-stamp").exists():
             continue
-        for made in (paths.home, paths.sockets):
+        for made in (paths.home, paths.sockets, paths.state / "hosts"):
             inside = rootfs / made.relative_to("/")
-            if inside.is_dir() and not os.path.ismount(inside):
+            if inside.is_dir() and not is_mount_point_under(inside):
                 shutil.rmtree(inside)
                 log.write(f"removed {inside}")
