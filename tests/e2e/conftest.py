@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 LABCTL = REPO / "lab" / "labctl.py"
 # Two arm64 hosts, so failover tests have somewhere to go.
 E2E_HOSTS = "amd64,arm64:2,arm/v7"
+# One host whose Docker data root is a tmpfs of this many bytes (disk care: budgets, prune, low disk, disk full).
+SMALL_DISK = {"arm64-1": 1 << 30}
+E2E_UP_ARGS = ["--hosts", E2E_HOSTS, *(f"--small-disk={host}={size}" for host, size in SMALL_DISK.items())]
 UP_TIMEOUT = 3600  # a cold first `up` builds BuildKit from source (lab/buildkit/build.sh)
 # How `lab_fault` undoes each fault (`rekey-restore` puts the host's original key back; the registry's faults take
 # the host `registry`).
@@ -67,9 +70,9 @@ def lab() -> Iterator[dict[str, Any]]:
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root: the lab makes namespaces, mounts, daemons and a user", pytrace=False)
     with session_lock():
-        up = labctl("up", "--hosts", E2E_HOSTS, "--json", timeout=UP_TIMEOUT)
+        up = labctl("up", *E2E_UP_ARGS, "--json", timeout=UP_TIMEOUT)
         if up.returncode != 0:
-            pytest.fail(f"`labctl.py up --hosts {E2E_HOSTS}` failed:\n{up.stderr[-6000:]}", pytrace=False)
+            pytest.fail(f"`labctl.py up {' '.join(E2E_UP_ARGS)}` failed:\n{up.stderr[-6000:]}", pytrace=False)
         sys.stderr.write(up.stderr)
         yield json.loads(up.stdout)
         if os.environ.get("NODEFLEET_LAB_KEEP") == "1":
