@@ -15,6 +15,7 @@ from nodefleet.cli.build import build_command
 from nodefleet.cli.common import configure_logging, console, fail
 from nodefleet.cli.fleet import down, status, up
 from nodefleet.cli.inventory import inventory_group
+from nodefleet.cli.prune import prune
 from nodefleet.errors import ExitCode, NodefleetError
 
 
@@ -26,7 +27,7 @@ def cli(verbose: int) -> None:
     configure_logging(verbose)
 
 
-for command in (up, status, down, inventory_group, build_command, bake_command):
+for command in (up, status, down, inventory_group, build_command, bake_command, prune):
     cli.add_command(command)
 
 
