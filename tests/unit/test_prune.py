@@ -11,10 +11,19 @@ import pytest
 from click.testing import CliRunner
 
 from nodefleet.cli import cli
-from nodefleet.errors import NodefleetError, UsageError
-from nodefleet.fleet.prune import PruneOptions, PruneReport, buildctl_prune_argv, parse_prune_total, select_hosts
+from nodefleet.errors import LockError, NodefleetError, UsageError
+from nodefleet.fleet.prune import (
+    PruneOptions,
+    PruneReport,
+    buildctl_prune_argv,
+    parse_prune_total,
+    prune,
+    select_hosts,
+)
+from nodefleet.fleet.work import FleetOptions
 from nodefleet.inventory import load_inventory
 from nodefleet.results import HostResult, HostStatus, PruneResult
+from nodefleet.state import BuilderState
 
 # What `buildctl prune` (BuildKit v0.13.2) prints: a table of the records it deleted, then the total.
 OUTPUT = """\
@@ -146,3 +155,17 @@ def test_bad_size_is_refused_before_the_inventory_is_read(tmp_path: Path) -> Non
     result = CliRunner().invoke(cli, ["prune", "-i", str(tmp_path / "missing.toml"), "--keep-storage", "x"])
     assert result.exit_code == 2
     assert "--keep-storage" in result.stderr
+
+
+async def test_prune_holds_the_builder_lock_shared(tmp_path: Path) -> None:
+    """A build (shared) does not keep a prune out; an `up` or `down` (exclusive) does, until it ends."""
+    path = tmp_path / "inventory.toml"
+    path.write_text('[builder]\nname = "fleet"\n[[hosts]]\nname = "old"\naddress = "10.231.0.13"\nenabled = false\n')
+    inventory = load_inventory(path)
+    options = FleetOptions(state_dir=tmp_path / "state", lock_wait=0.3)
+    lock = BuilderState(tmp_path / "state", "fleet").lock
+    with lock.hold(1, shared=True):
+        report = await prune(inventory, options=options)
+    assert report.ok and [(host.name, host.status) for host in report.hosts] == [("old", HostStatus.DISABLED)]
+    with lock.hold(1), pytest.raises(LockError):
+        await prune(inventory, options=options)
