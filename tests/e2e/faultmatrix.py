@@ -243,10 +243,10 @@ CASES += (
     Case(
         "build/disk-full",
         "build",
-        "the building arm64 node's disk full during a RUN step that writes (its BuildKit state on a 256 MB tmpfs "
-        "volume, filled from the host)",
-        "reported as that node's fault (infrastructure, its error says the disk is full), linux/arm64 retried once "
-        "on the other arm64 node and built natively; exit 0",
+        "the building arm64 node's disk full during a RUN step that writes (arm64-1, whose Docker data root is the "
+        "lab's 1 GiB tmpfs, filled from the host)",
+        "reported as that node's fault (infrastructure; its error names the node, says the disk is full and gives "
+        "its free space), linux/arm64 retried once on the other arm64 node and built natively; exit 0",
     ),
     Case(
         "build/oom-killed",

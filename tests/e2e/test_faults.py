@@ -34,6 +34,7 @@ import pytest
 from nodefleet.buildx import store as buildx_store
 from nodefleet.state import BuilderState
 
+from .conftest import SMALL_DISK
 from .faultmatrix import CASES, FAULTED, HOSTS, PINS, Case, results_file
 from .fleetlib import (
     REPO,
@@ -1341,65 +1342,58 @@ DISK_WRITE = (
 ARM64 = ("arm64-1", "arm64-2")
 
 
-def _state_volumes(fleet: FaultFleet, options: tuple[str, ...]) -> None:
-    """Each arm64 node's BuildKit container gone and its state volume made anew with these options (none: a plain
-    one); the next `up` starts the containers on them."""
-    for host in ARM64:
-        host_docker(fleet.lab, host, "rm", "-f", f"buildx_buildkit_{host}", check=False)
-        host_docker(fleet.lab, host, "volume", "rm", "-f", f"buildx_buildkit_{host}_state", check=False)
-        host_docker(fleet.lab, host, "volume", "create", *options, f"buildx_buildkit_{host}_state")
-
-
-def fill(fleet: FaultFleet, host: str) -> int:
-    """Fill the node's state volume from the host until the file system says it is full; the bytes written."""
+def fill(fleet: FaultFleet, host: str) -> Path:
+    """Fill the disk holding the node's state (its state volume, on the host's data root) from the host until the
+    file system says it is full; the file written, for the caller to remove."""
     mountpoint = host_docker(fleet.lab, host, "volume", "inspect", "-f", "{{.Mountpoint}}",
                              f"buildx_buildkit_{host}_state").strip()  # fmt: skip
-    written = 0
-    with contextlib.suppress(OSError), (Path(mountpoint) / "nodefleet-e2e-fill").open("wb") as handle:
+    path = Path(mountpoint) / "nodefleet-e2e-fill"
+    with contextlib.suppress(OSError), path.open("wb") as handle:
         while True:
             handle.write(b"\0" * (1 << 20))
             handle.flush()
-            written += 1 << 20
-    return written
+    return path
 
 
-# Known defects of `nodefleet build` (src/nodefleet/build/, another engineer's): each test checks the promise in full
-# and records the broken row; strict, so a fix makes the test fail until the mark goes.
-@pytest.mark.xfail(
-    strict=True,
-    reason="a step that fills the node's disk fails with buildx's `exit code: 1` alone: the lab's progress lines never "
-    "carry `No space left on device`, so the attempt reads as a Dockerfile error and is not retried (next: ask the "
-    "node's free space after a failed step, issue 15's min_free)",
-)
+def _next_arm64_build_on(fleet: FaultFleet, node: str) -> None:
+    """Quick arm64 builds until the next one goes to `node` (a platform goes to its least recently used node)."""
+    for _ in range(3):
+        run = fleet.run(*fleet.build_args(platforms="linux/arm64"))
+        assert run.exit_code == 0, f"a quick arm64 build failed:\n{run.stdout}{run.stderr}"
+        if (run.platforms().get("linux/arm64") or {}).get("node") != node:
+            return
+    raise AssertionError(f"the arm64 builds never left {node}")
+
+
 def test_disk_full_during_a_build(fleet: FaultFleet, record: Any) -> None:
     rec = record("build/disk-full")
     rec.ready()
-    tmpfs = ("--driver", "local", "--opt", "type=tmpfs", "--opt", "device=tmpfs", "--opt", "o=size=256m")
+    small = next(iter(SMALL_DISK))
+    assert small in ARM64, f"the lab's small disk ({small}) is not an arm64 host of the matrix"
+    _next_arm64_build_on(fleet, small)
+    rec.before = fleet.snapshot()
+    running = fleet.start(*fleet.build_args(dockerfile=DISK_WRITE, platforms="linux/arm64"))
+    chosen = running.wait_for(r"linux/arm64: building natively on (\S+)", timeout=90)
+    started = chosen and running.wait_for(r"echo start", timeout=90, start=chosen[0])
+    assert chosen and started, "the build did not reach its RUN step"
+    node = chosen[1].group(1)
+    assert node == small, f"the build went to {node}, not to {small} (the small disk)"
+    filled = fill(fleet, node)
     try:
-        _state_volumes(fleet, tmpfs)
-        up = fleet.run("up")
-        assert up.exit_code == 0, f"the nodes did not start on their tmpfs volumes:\n{up.stdout}{up.stderr}"
-        rec.before = fleet.snapshot()
-        running = fleet.start(*fleet.build_args(dockerfile=DISK_WRITE, platforms="linux/arm64"))
-        chosen = running.wait_for(r"linux/arm64: building natively on (\S+)", timeout=90)
-        started = chosen and running.wait_for(r"echo start", timeout=90, start=chosen[0])
-        assert chosen and started, "the build did not reach its RUN step"
-        node = chosen[1].group(1)
-        written = fill(fleet, node)
         run = running.finish(TIMEOUTS["build"])
-        rec.runs.append(run)
-        rec.notes.append(f"{node}'s state volume filled during RUN ({written >> 20} MB written until ENOSPC)")
-        check_bounded(rec, run, 40)
-        (result,) = run.platforms().values() or [{}]
-        first = (result.get("attempts") or [{}])[0]
-        rec.notes.append(f"first attempt: {first.get('node')} {first.get('error_kind')}: {first.get('error')}")
-        rec.expect("no space left on device" in (first.get("error") or "").lower(), "the error says the disk is full")
-        _check_retried_build(rec, run, node)
     finally:
-        _state_volumes(fleet, ())
-        back = fleet.run("up")
-        rec.runs.append(back)
-    rec.expect(back.exit_code == 0, "the next up, on plain volumes again, exits 0")
+        written = filled.stat().st_size if filled.exists() else 0
+        filled.unlink(missing_ok=True)
+    rec.runs.append(run)
+    rec.notes.append(f"{node}'s data root (1 GiB tmpfs) filled during RUN: {written >> 20} MB written until ENOSPC")
+    check_bounded(rec, run, 40)
+    (result,) = run.platforms().values() or [{}]
+    first = (result.get("attempts") or [{}])[0]
+    error = first.get("error") or ""
+    rec.notes.append(f"first attempt: {first.get('node')} {first.get('error_kind')}: {error}")
+    rec.expect(error.startswith(f"{node}'s disk is full ("), "the error names the node and says its disk is full")
+    rec.expect(" free on " in error, "the error gives the node's free space and where")
+    _check_retried_build(rec, run, node)
     check_builder(rec)
     assert not rec.broken, rec.row()
 
