@@ -1393,6 +1393,7 @@ def test_disk_full_during_a_build(fleet: FaultFleet, record: Any) -> None:
     rec.notes.append(f"first attempt: {first.get('node')} {first.get('error_kind')}: {error}")
     rec.expect(error.startswith(f"{node}'s disk is full ("), "the error names the node and says its disk is full")
     rec.expect(" free on " in error, "the error gives the node's free space and where")
+    rec.expect(f"{node} failed (infrastructure: {node}'s disk is full (" in run.stderr, "the retry line says why")
     _check_retried_build(rec, run, node)
     check_builder(rec)
     assert not rec.broken, rec.row()

@@ -31,6 +31,7 @@ from nodefleet.units import human_size
 log = logging.getLogger(__name__)
 
 WATCH_MISSES = 3  # unanswered keepalives, connect_timeout seconds apart, before a building node is given up
+NOTICE_CHARS = 240  # of a failed attempt's error in the line that says it is retried (the report has it whole)
 
 
 # (builder, metadata file, jobs in this run, --progress value) -> the buildx argv of a job's attempt.
@@ -138,7 +139,9 @@ async def _attempts(ctx: Context, plan: _Plan, job: Job, node: str) -> None:
             if job.stops_others:
                 ctx.abort.set()  # as in buildx, one platform failing fails the build: the others stop
             return
-        ctx.options.notice(f"{job.name}: {node} failed ({attempt.error_kind}); retrying once on {retry}")
+        said = (attempt.error or "").strip().splitlines()
+        why = said[0][:NOTICE_CHARS] if said else "no word why"
+        ctx.options.notice(f"{job.name}: {node} failed ({attempt.error_kind}: {why}); retrying once on {retry}")
         await ctx.mark_used([retry])
         node = retry
 
