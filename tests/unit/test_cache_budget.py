@@ -133,7 +133,7 @@ def test_up_writes_a_config_for_each_budgeted_node_and_a_changed_budget_changes_
     state = BuilderState(tmp_path / "state", inventory.builder)
     pi, big, plain = inventory.hosts
     path = node_config(inventory, state, pi, "v0.13.2")
-    assert path == state.node_config("pi") and applied_node_config(inventory, state, pi) == path
+    assert path == state.node_config("pi") and applied_node_config(state, pi) == path
     assert path is not None and (path.stat().st_mode & 0o777) == 0o600
     document = tomllib.loads(path.read_text())
     assert "10.231.0.1:5443" in document["registry"]  # the registries' settings stay with the budget

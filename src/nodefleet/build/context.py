@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import tempfile
 import time
@@ -18,7 +19,7 @@ from nodefleet.build.checks import Checks, NodeCheck
 from nodefleet.build.cmdline import BuildRequest
 from nodefleet.build.options import BuildOptions
 from nodefleet.build.routing import NodeView
-from nodefleet.buildx.config import applied_node_config, config_digest
+from nodefleet.buildx.config import applied_node_config, config_digest, has_own_config, resolve_buildkitd_config
 from nodefleet.buildx.gateway import Gateway, buildx_environment, socket_path
 from nodefleet.buildx.helpers import GATEWAYS, HELPERS, helper_name, make_helper, up_to_date
 from nodefleet.buildx.nodes import NodeSpec, node_spec
@@ -81,10 +82,19 @@ class Context:
             self.gateways[node] = gateway if served else None
         return self.gateways[node]
 
+    @functools.cached_property
+    def builder_config(self) -> tuple[Path | None, str]:
+        """The builder's buildkitd config and its digest, which every node without a config of its own gets."""
+        path = resolve_buildkitd_config(self.inventory, self.state)
+        return path, config_digest(path)
+
     def config(self, node: str) -> tuple[Path | None, str]:
         """The buildkitd config (and its digest) `up` gave the node."""
+        host = self.hosts[node]
+        if not has_own_config(self.inventory, host):
+            return self.builder_config
         if node not in self.configs:
-            path = applied_node_config(self.inventory, self.state, self.hosts[node])
+            path = applied_node_config(self.state, host)
             self.configs[node] = (path, config_digest(path))
         return self.configs[node]
 

@@ -29,33 +29,37 @@ def resolve_buildkitd_config(inventory: Inventory, state: BuilderState) -> Path 
         return inventory.defaults.buildkitd_config
     if not inventory.registries:
         return None
-    private_dir(state.dir)
-    path = state.buildkitd_config
-    text = render_buildkitd_config(inventory.registries)
-    if not path.exists() or path.read_text() != text:
-        write_private(path, text.encode())
-    return path
+    return _write_if_changed(state.buildkitd_config, render_buildkitd_config(inventory.registries))
+
+
+def has_own_config(inventory: Inventory, host: Host) -> bool:
+    """True when the host's node gets a buildkitd.toml of its own: it has a cache budget (which the inventory
+    refuses beside defaults.buildkitd_config). Other nodes get the builder's."""
+    return bool(host.cache) and inventory.defaults.buildkitd_config is None
 
 
 def node_config(inventory: Inventory, state: BuilderState, host: Host, version: str | None) -> Path | None:
     """The buildkitd.toml `up` gives this host's node: the builder's own file, or, for a host with a cache budget,
     one of its own with the budget's policy in the form its BuildKit (`version`, None: not known) reads."""
-    if not host.cache or inventory.defaults.buildkitd_config is not None:  # the inventory refuses both at once
+    if not has_own_config(inventory, host):
         return resolve_buildkitd_config(inventory, state)
     text = render_buildkitd_config(inventory.registries) + render_gc_policy(host.cache, current_gc(version))
+    return _write_if_changed(state.node_config(host.name), text)
+
+
+def applied_node_config(state: BuilderState, host: Host) -> Path | None:
+    """The buildkitd.toml of its own the last `up` gave a host's node (see has_own_config), for a build to make its
+    helper nodes the same; None when `up` has written none yet."""
     path = state.node_config(host.name)
+    return path if path.exists() else None
+
+
+def _write_if_changed(path: Path, text: str) -> Path:
+    """Write a private generated config, leaving it untouched when it already says `text`."""
     private_dir(path.parent)
     if not path.exists() or path.read_text() != text:
         write_private(path, text.encode())
     return path
-
-
-def applied_node_config(inventory: Inventory, state: BuilderState, host: Host) -> Path | None:
-    """The buildkitd.toml the last `up` gave this host's node (a build makes its helper nodes the same)."""
-    if not host.cache or inventory.defaults.buildkitd_config is not None:
-        return resolve_buildkitd_config(inventory, state)
-    path = state.node_config(host.name)
-    return path if path.exists() else None
 
 
 def current_gc(version: str | None) -> bool:
